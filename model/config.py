@@ -96,6 +96,8 @@ class GptOssConfig:
                 )
             else:
                 kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+                # The official config has no context key: the official code uses initial length x YaRN factor.
+                kw.setdefault("max_context", int(d.get("initial_context_length", 4096) * d.get("rope_scaling_factor", 32.0)))
                 missing = [k for k in ("num_hidden_layers", "num_experts", "vocab_size", "hidden_size",
                                        "intermediate_size", "num_attention_heads", "num_key_value_heads") if k not in d]
                 if missing:
@@ -159,6 +161,5 @@ PRESETS = {
     # Small enough for the CPU and Triton's interpreter; head dim, GQA, YaRN and MXFP4 as in the real models;
     # window 16 so that short sequences cross it; vocab holds the built-in byte tokenizer (256 + 21 specials).
     "tiny": GptOssConfig(num_hidden_layers=4, num_experts=8, experts_per_token=4, vocab_size=512, hidden_size=256,
-                         intermediate_size=256, num_attention_heads=8, num_key_value_heads=2, sliding_window=16,
-                         max_context=4096),
+                         intermediate_size=256, num_attention_heads=8, num_key_value_heads=2, sliding_window=16),
 }

@@ -1,0 +1,82 @@
+"""`GptOss`: the public model class, loading a checkpoint directory or a preset onto a backend."""
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, GptOssConfig
+from .reference import Transformer
+
+# Float tensors kept in fp32 whatever the model dtype (the spec computes norms in fp32; sinks are logits).
+_FP32_SUFFIXES = ("norm.scale", "attn.sinks")
+
+
+def available_backends() -> dict[str, type]:
+    return {"torch": GptOss}
+
+
+def resolve_backend(backend: str | None, device) -> tuple[str, torch.device]:
+    """None picks the GPU and 'triton' when there is one, else the CPU and 'torch' (the reference)."""
+    backends = available_backends()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if backend is None:
+        backend = "triton" if device.type == "cuda" and "triton" in backends else "torch"
+    if backend not in backends:
+        raise ValueError(f"backend {backend!r} is not available; choose from {sorted(backends)}")
+    return backend, device
+
+
+class GptOss(Transformer):
+    """The gpt-oss network (reference backend). `model(tokens [B, T])` -> logits [B, T, vocab].
+
+    `config` holds the shapes; `tokenizer` is the checkpoint's tokenizer.json (None when it has none),
+    or the built-in byte-level tokenizer for presets.
+    """
+
+    tokenizer = None
+    backend = "torch"
+
+    @classmethod
+    def from_pretrained(cls, path_or_preset, *, backend: str | None = None, dtype: torch.dtype = torch.bfloat16,
+                        device=None, seed: int = 0) -> "GptOss":
+        """Load a checkpoint directory (Hugging Face or original layout) or build a preset with seeded random
+        weights (`tiny`, `gpt-oss-20b`, `gpt-oss-120b`; a directory of that name wins over the preset)."""
+        from .tokenizer import Tokenizer
+
+        backend, device = resolve_backend(backend, device)
+        model_cls = available_backends()[backend]
+        path = Path(path_or_preset)
+        if not path.exists() and str(path_or_preset) in PRESETS:
+            config = GptOssConfig.preset(str(path_or_preset))
+            model = model_cls._assign(config, _synthetic_state(config, seed, device), dtype, device)
+            model.tokenizer = Tokenizer.byte_level()
+            return model
+        from ..loader import load
+
+        ckpt = load(path, device=device, dtype=dtype)
+        model = model_cls._assign(ckpt.config, ckpt.tensors, dtype, device)
+        model.tokenizer = Tokenizer.from_file(ckpt.tokenizer_path) if ckpt.tokenizer_path else None
+        return model
+
+    @classmethod
+    def _assign(cls, config: GptOssConfig, tensors: dict, dtype: torch.dtype, device) -> "GptOss":
+        """Build the module on the meta device and adopt `tensors` (canonical names) without copying them again."""
+        model = cls(config, dtype=dtype, device="meta")
+        state = {}
+        for name, t in tensors.items():
+            if t.is_floating_point():
+                t = t.to(torch.float32 if name.endswith(_FP32_SUFFIXES) else dtype)
+            state[name] = t.to(device)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.rope_inv_freq = model.rope_inv_freq.to(device)
+        return model.eval()
+
+
+def _synthetic_state(config: GptOssConfig, seed: int, device: torch.device) -> dict:
+    from ..loader import expected_tensors, synthetic_tensor
+
+    # Small models are drawn on the CPU so a preset has the same weights everywhere; big ones on the device.
+    small = sum(torch.Size(s).numel() for s, _ in expected_tensors(config).values()) < 1 << 30
+    where = "cpu" if small else device
+    return {name: synthetic_tensor(config, name, seed, where) for name in expected_tensors(config)}
