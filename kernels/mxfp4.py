@@ -30,8 +30,13 @@ def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     _check_packed(blocks, scales)
     lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
     codes = torch.stack((blocks & 0x0F, blocks >> 4), dim=-1).flatten(-2)  # [..., G, 32], low nibble first
-    values = torch.ldexp(lut[codes.long()], scales.to(torch.int32).unsqueeze(-1) - 127)
-    return values.flatten(-2).to(dtype)
+    return (lut[codes.long()] * e8m0_to_float(scales).unsqueeze(-1)).flatten(-2).to(dtype)
+
+
+def e8m0_to_float(scales: torch.Tensor) -> torch.Tensor:
+    """2**(s - 127) in fp32, exactly: the byte is the float's exponent field (s = 0 is the subnormal 2**-127)."""
+    pow2 = (scales.to(torch.int32) << 23).view(torch.float32)
+    return torch.where(scales == 0, torch.full_like(pow2, 2.0 ** -127), pow2)
 
 
 def mxfp4_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

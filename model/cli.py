@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layout", default="hf", choices=("hf", "original"))
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--shard-size", type=float, default=5.0, help="Hugging Face layout: GB per shard")
-    m.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json to copy beside the weights")
+    m.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer.json to copy beside the weights (default: the built-in byte-level one)")
     return parser
 
 
@@ -129,6 +130,9 @@ def cmd_make_checkpoint(args) -> int:
                           shard_bytes=int(args.shard_size * 1e9))
     if args.tokenizer:
         shutil.copyfile(args.tokenizer, out / "tokenizer.json")
+    else:
+        from .tokenizer import Tokenizer
+        Tokenizer.byte_level().save(out / "tokenizer.json")
     print(f"wrote {args.preset} ({args.layout} layout, seed {args.seed}) to {out}", file=sys.stderr)
     return 0
 

@@ -70,7 +70,7 @@ class GptOss(Transformer):
             state[name] = t.to(device)
         model.load_state_dict(state, strict=True, assign=True)
         model.rope_inv_freq = model.rope_inv_freq.to(device)
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
 
 def _synthetic_state(config: GptOssConfig, seed: int, device: torch.device) -> dict:

@@ -77,6 +77,10 @@ class Tokenizer:
         tokenizer.add_special_tokens(list(HARMONY_SPECIAL_TOKENS))
         return cls(tokenizer)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes a `tokenizer.json` that `from_file` reads back."""
+        self._tokenizer.save(str(path))
+
     @property
     def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
