@@ -32,14 +32,37 @@ class MXFP4Weight(nn.Module):
 
 
 class KVCache:
-    """Per-layer keys and values [B, max_len, Hkv, D]; `length` positions are filled."""
+    """Per-layer keys and values [B, max_len, Hkv, D]; row b holds `lengths[b]` positions.
+
+    A plain forward over a batch needs every row at the same length (`length`); `slot(b)` is a
+    one-row view for sequences that advance on their own (the engine's continuous batching).
+    """
 
     def __init__(self, config: GptOssConfig, batch_size: int, max_len: int, dtype: torch.dtype, device=None):
         shape = (batch_size, max_len, config.num_key_value_heads, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.length = 0
-        self.max_len = max_len
+        self.lengths = [0] * batch_size
+        self.batch_size, self.max_len = batch_size, max_len
+
+    @property
+    def length(self) -> int:
+        if len(set(self.lengths)) != 1:
+            raise ValueError(f"cache rows hold different lengths {self.lengths}: run them one slot at a time")
+        return self.lengths[0]
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.lengths = [value] * self.batch_size
+
+    def reset(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+    def slot(self, b: int) -> "KVCache":
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = [t[b:b + 1] for t in self.k], [t[b:b + 1] for t in self.v]
+        view.lengths, view.batch_size, view.max_len = [self.lengths[b]], 1, self.max_len
+        return view
 
 
 class AttentionBlock(nn.Module):
@@ -66,9 +89,9 @@ class AttentionBlock(nn.Module):
         start = 0
         if cache is not None:
             start = cache.length
-            cache.k[self.layer][:B, start:start + T] = k
-            cache.v[self.layer][:B, start:start + T] = v
-            k, v = cache.k[self.layer][:B, :start + T], cache.v[self.layer][:B, :start + T]
+            cache.k[self.layer][:, start:start + T] = k
+            cache.v[self.layer][:, start:start + T] = v
+            k, v = cache.k[self.layer][:, :start + T], cache.v[self.layer][:, :start + T]
         o = attention_ref(q, k, v, self.sinks, sm_scale=self.sm_scale, sliding_window=self.sliding_window, q_start=start)
         return x + self.out(o.reshape(B, T, -1))
 
@@ -132,6 +155,8 @@ class Transformer(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {list(tokens.shape)}")
         B, T = tokens.shape
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"tokens have batch {B} but the cache {cache.batch_size} rows")
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"{start} cached + {T} new positions exceed the cache length {cache.max_len}")
@@ -148,3 +173,22 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = start + T
         return self.unembedding(self.norm(x))
+
+    def forward_packed(self, tokens: torch.Tensor, n_new: list[int], cache: KVCache) -> torch.Tensor:
+        """Each cache row b takes its next n_new[b] tokens (0: none) from the packed tokens [sum(n_new)].
+
+        Returns the logits of each row's last new token [B, V] (rows with no new token: zeros).
+        The engine's one entry point: prefill of new requests and decode of running ones in any mix.
+        """
+        if len(n_new) != cache.batch_size or sum(n_new) != tokens.numel():
+            raise ValueError(f"n_new {n_new} must have one entry per cache row ({cache.batch_size}) and sum to "
+                             f"the {tokens.numel()} packed tokens")
+        out = torch.zeros(cache.batch_size, self.config.vocab_size, dtype=self.dtype, device=tokens.device)
+        offset = 0
+        for b, n in enumerate(n_new):
+            if n:
+                view = cache.slot(b)
+                out[b] = self.forward(tokens[offset:offset + n].view(1, n), view)[0, -1]
+                cache.lengths[b] = view.lengths[0]
+                offset += n
+        return out
