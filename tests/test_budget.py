@@ -1,0 +1,54 @@
+"""The memory budget agrees with the parameter counts, the bytes on disk and the spec's KV figures."""
+import pytest
+import torch
+
+from gpt_oss_triton.model import PRESETS
+from gpt_oss_triton.model.budget import max_batch, memory_budget, weight_bytes
+from gpt_oss_triton.model.params import count_parameters
+from gpt_oss_triton.model.reference import Transformer
+
+# spec.md: bytes on disk (= the HF index total_size) and KV bytes per token of context.
+DISK = {"gpt-oss-20b": 13_761_264_768, "gpt-oss-120b": 65_248_815_744}
+KV_PER_TOKEN = {"gpt-oss-20b": 24_576, "gpt-oss-120b": 36_864}
+
+
+@pytest.mark.parametrize("preset", sorted(DISK))
+def test_weights_are_the_bytes_on_disk(preset):
+    config = PRESETS[preset]
+    assert weight_bytes(config) == DISK[preset]
+    model = Transformer(config, device="meta")
+    stored = sum(t.numel() * (1 if t.dtype == torch.uint8 else 2) for t in model.state_dict().values())
+    assert weight_bytes(config) == stored
+    # Experts at 4.25 bits (17 bytes per 32 weights), everything else bf16.
+    total, _ = count_parameters(model)
+    experts = sum(2 * t.numel() for n, t in model.state_dict().items() if n.endswith(".blocks"))
+    assert weight_bytes(config) == 2 * (total - experts) + experts * 17 // 32
+
+
+@pytest.mark.parametrize("preset", sorted(DISK))
+def test_kv_cache_per_token_and_sliding_ring(preset):
+    config = PRESETS[preset]
+    b = memory_budget(config, batch=1, context=131072)
+    assert b.kv_per_token == KV_PER_TOKEN[preset]
+    ring = (config.num_hidden_layers // 2) * 2 * 8 * 64 * 2 * 128
+    assert b.kv_cache == KV_PER_TOKEN[preset] * 131072 + ring
+    assert memory_budget(config, batch=4, context=8192).kv_cache == 4 * memory_budget(config, 1, 8192).kv_cache
+
+
+def test_the_models_fit_their_gpus():
+    """20b in 16 GB and 120b on one 80 GB GPU, with room for a useful KV cache."""
+    b20 = memory_budget(PRESETS["gpt-oss-20b"], batch=1, context=32768)
+    assert b20.total < 16e9
+    assert max_batch(PRESETS["gpt-oss-20b"], 8192, 16e9) >= 4
+    b120 = memory_budget(PRESETS["gpt-oss-120b"], batch=1, context=131072)
+    assert b120.total < 80e9
+    assert max_batch(PRESETS["gpt-oss-120b"], 131072, 80e9) >= 2
+    assert max_batch(PRESETS["gpt-oss-120b"], 131072, 60e9) == 0
+    assert "weights 65.25 GB" in str(b120)
+
+
+def test_limits():
+    with pytest.raises(ValueError, match="context 200000 exceeds"):
+        memory_budget(PRESETS["gpt-oss-20b"], 1, 200_000)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        memory_budget(PRESETS["gpt-oss-20b"], 0, 10)
