@@ -3,12 +3,26 @@
 Every benchmark times with `triton.testing.do_bench` (warm-up, L2 flushed between runs) through
 `run(benchmark, fn, bytes_moved=..., flops=...)`, which stores time, GB/s, TFLOP/s and the fraction
 of the measured copy bandwidth and of the dense bf16 peak in pytest-benchmark's `extra_info`.
-On a machine without a GPU every benchmark skips with the reason.
+`record(benchmark, ms, ...)` fills the same keys for a time measured another way (end-to-end runs).
+At the end of a run on a GPU, every result goes to one JSON under bench/results/ (`--bench-results DIR`;
+an empty DIR turns it off); `python bench/report.py` turns it into tables and plots.
+On a machine without a GPU every benchmark skips with the reason, and nothing is written.
 """
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # the helpers beside this file, whatever pytest's import mode
+    sys.path.insert(0, str(BENCH_DIR))
+
+import result_file  # noqa: E402 (needs the path above)
+
+_ROOFS = pytest.StashKey[dict]()
+_WRITTEN = pytest.StashKey[Path]()
 
 # Dense bf16 tensor-core peak (no sparsity) by device name, in FLOP/s; looked up, not measured.
 BF16_PEAK_FLOPS = {
@@ -33,22 +47,31 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("python_files", "bench_*.py")  # benchmark files are named bench_<op>.py
+    config.addinivalue_line("markers", "large: a full-size model (tens of GB, minutes); -m 'not large' leaves it out")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-results", default=str(BENCH_DIR / "results"), metavar="DIR",
+                     help="directory for this run's results JSON (empty: write none)")
+
+
 @pytest.fixture(scope="session")
-def roofs() -> dict:
+def roofs(request) -> dict:
     if not torch.cuda.is_available():
         pytest.skip("benchmarks need a CUDA GPU; this machine has none")
     name = torch.cuda.get_device_name()
-    return {"device": name, "copy_bytes_per_s": measure_copy_bandwidth(), "bf16_flops": bf16_peak_flops(name)}
+    measured = {"device": name, "copy_bytes_per_s": measure_copy_bandwidth(), "bf16_flops": bf16_peak_flops(name)}
+    request.config.stash[_ROOFS] = measured
+    return measured
 
 
 @pytest.fixture
-def run(roofs):
-    """run(benchmark, fn, bytes_moved=..., flops=..., **info) -> milliseconds (median of do_bench)."""
-    import triton.testing
+def record(roofs):
+    """record(benchmark, ms, bytes_moved=..., flops=..., **info): store a time measured elsewhere in extra_info."""
 
-    def _run(benchmark, fn, *, bytes_moved: float = 0.0, flops: float = 0.0, **info):
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-        benchmark.pedantic(fn, rounds=int(os.environ.get("BENCH_ROUNDS", "5")), iterations=1, warmup_rounds=1)
+    def _record(benchmark, ms: float, *, bytes_moved: float = 0.0, flops: float = 0.0, **info):
         s = ms * 1e-3
         benchmark.extra_info.update(info)
         benchmark.extra_info.update({
@@ -60,4 +83,34 @@ def run(roofs):
         })
         return ms
 
+    return _record
+
+
+@pytest.fixture
+def run(record):
+    """run(benchmark, fn, bytes_moved=..., flops=..., **info) -> milliseconds (median of do_bench)."""
+    import triton.testing
+
+    def _run(benchmark, fn, *, bytes_moved: float = 0.0, flops: float = 0.0, **info):
+        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        benchmark.pedantic(fn, rounds=int(os.environ.get("BENCH_ROUNDS", "5")), iterations=1, warmup_rounds=1)
+        return record(benchmark, ms, bytes_moved=bytes_moved, flops=flops, **info)
+
     return _run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write this run's results JSON, when some benchmark ran on a GPU."""
+    roofs = session.config.stash.get(_ROOFS, None)
+    directory = session.config.getoption("--bench-results", default=str(BENCH_DIR / "results"))
+    bench_session = getattr(session.config, "_benchmarksession", None)  # pytest-benchmark's, private but stable
+    if roofs is None or not directory or bench_session is None:
+        return
+    rec = result_file.build_record(bench_session.benchmarks, roofs, result_file.environment(roofs["device"]))
+    if rec["benchmarks"]:
+        session.config.stash[_WRITTEN] = result_file.write_record(rec, directory)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if _WRITTEN in config.stash:
+        terminalreporter.write_sep("-", f"results: {config.stash[_WRITTEN]} (python bench/report.py)")

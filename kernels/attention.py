@@ -18,38 +18,35 @@ outside the window are never visited: the loops start at the window's first key,
 O(T * window). Blocks visible to every row of the tile run without a mask. Programs run in reverse order of
 query block so the longest (last) blocks of a causal sequence start first.
 """
-import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreting
+
 _LOG2E = 1.4426950408889634
 
 
-def interpreting() -> bool:
-    """Triton's CPU interpreter computes tl.dot on bf16 operands wrongly: kernels upcast to fp32 there."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _configs():
+    """Configs that compile for sm_90 without spilling (tests/kernels/test_sm90_resources.py checks)."""
     if interpreting():
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-                                 (128, 32, 4, 4))]
+            for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 4), (64, 32, 4, 3))]
 
 
 @triton.jit
-def _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, MASKED: tl.constexpr):
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
+def _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         qk = tl.where(valid, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.exp2(qk - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return acc, m_new, l_i
 
 
@@ -60,7 +57,7 @@ def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
                       cache_len, qk_scale, window,
                       HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                       SLIDING: tl.constexpr, HAS_CACHE: tl.constexpr, DOT_F32: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     BLOCK_T: tl.constexpr = BLOCK_M // GP
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -82,7 +79,8 @@ def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
     h = kvh * G + g
     q_pos = start + t
     d = tl.arange(0, D)
-    q = tl.load(Q + (bos + t)[:, None] * stride_qt + (h * D)[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+    q_tile = (r // GP)[:, None] * stride_qt + (h * D)[:, None] + d[None, :]
+    q = tl.load(Q + (bos + t0) * stride_qt + q_tile, mask=row_ok[:, None], other=0.0)
     if DOT_F32:
         q = q.to(tl.float32)
 
@@ -99,69 +97,73 @@ def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
         lo = tl.maximum(p0 - window + 1, 0)
     n = tl.arange(0, BLOCK_N)
 
+    # Pointer tiles: a 64-bit scalar base plus 32-bit offsets (a [BLOCK_N, D] tile of 64-bit offsets costs
+    # registers enough to spill); in-tile offsets stay below 2^31 (BLOCK_N rows, or L slots, of Hkv * D).
     if HAS_CACHE:
-        kc_base = KC + b.to(tl.int64) * stride_kcb + kvh * D + d[None, :]
-        vc_base = VC + b.to(tl.int64) * stride_vcb + kvh * D + d[None, :]
+        kc_base = KC + b.to(tl.int64) * stride_kcb
+        vc_base = VC + b.to(tl.int64) * stride_vcb
         for s0 in range(lo, start, BLOCK_N):
             s = s0 + n
             in_cache = s < start
-            slot = (s % cache_len).to(tl.int64)
-            k = tl.load(kc_base + slot[:, None] * stride_kcs, mask=in_cache[:, None], other=0.0)
-            v = tl.load(vc_base + slot[:, None] * stride_vcs, mask=in_cache[:, None], other=0.0)
+            slot = s % cache_len
+            k = tl.load(kc_base + slot[:, None] * stride_kcs + kvh * D + d[None, :], mask=in_cache[:, None],
+                        other=0.0)
+            v = tl.load(vc_base + slot[:, None] * stride_vcs + kvh * D + d[None, :], mask=in_cache[:, None],
+                        other=0.0)
             if DOT_F32:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
             valid = in_cache[None, :]
             if SLIDING:
                 valid = valid & (q_pos[:, None] - s[None, :] < window)
-            acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True)
+            acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
 
     # New keys s in [first, p1], read from rows bos + s - start. Every row of the tile sees [clear_lo, p0].
     first = tl.maximum(lo, start)
     clear_lo = first
     if SLIDING:
         clear_lo = tl.maximum(first, p1 - window + 1)
-    k_base = K + kvh * D + d[None, :]
-    v_base = V + kvh * D + d[None, :]
+    k_tile = n[:, None] * stride_kt + kvh * D + d[None, :]
+    v_tile = n[:, None] * stride_vt + kvh * D + d[None, :]
     # Masked blocks up to clear_lo (the window's lower edge), then unmasked ones, then masked up to p1.
     for s0 in range(first, clear_lo, BLOCK_N):
         s = s0 + n
-        row = (bos + s - start).to(tl.int64)
+        row0 = bos + s0 - start
         is_new = s - start < T
-        k = tl.load(k_base + row[:, None] * stride_kt, mask=is_new[:, None], other=0.0)
-        v = tl.load(v_base + row[:, None] * stride_vt, mask=is_new[:, None], other=0.0)
+        k = tl.load(K + row0 * stride_kt + k_tile, mask=is_new[:, None], other=0.0)
+        v = tl.load(V + row0 * stride_vt + v_tile, mask=is_new[:, None], other=0.0)
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         valid = (s[None, :] <= q_pos[:, None]) & (q_pos[:, None] - s[None, :] < window)
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
     clear_start = first + tl.cdiv(clear_lo - first, BLOCK_N) * BLOCK_N
     n_clear = tl.maximum(p0 + 1 - clear_start, 0) // BLOCK_N
     for i in range(0, n_clear):
-        row = (bos + clear_start + i * BLOCK_N - start + n).to(tl.int64)
-        k = tl.load(k_base + row[:, None] * stride_kt)
-        v = tl.load(v_base + row[:, None] * stride_vt)
+        row0 = bos + clear_start + i * BLOCK_N - start
+        k = tl.load(K + row0 * stride_kt + k_tile)
+        v = tl.load(V + row0 * stride_vt + v_tile)
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, row_ok[:, None], qk_scale, False)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, row_ok[:, None], qk_scale, False, PRECISION)
     for s0 in range(clear_start + n_clear * BLOCK_N, p1 + 1, BLOCK_N):
         s = s0 + n
-        row = (bos + s - start).to(tl.int64)
+        row0 = bos + s0 - start
         is_new = s - start < T
-        k = tl.load(k_base + row[:, None] * stride_kt, mask=is_new[:, None], other=0.0)
-        v = tl.load(v_base + row[:, None] * stride_vt, mask=is_new[:, None], other=0.0)
+        k = tl.load(K + row0 * stride_kt + k_tile, mask=is_new[:, None], other=0.0)
+        v = tl.load(V + row0 * stride_vt + v_tile, mask=is_new[:, None], other=0.0)
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         valid = s[None, :] <= q_pos[:, None]
         if SLIDING:
             valid = valid & (q_pos[:, None] - s[None, :] < window)
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
 
     o = acc / l_i[:, None]
-    tl.store(O + (bos + t)[:, None] * stride_ot + (h * D)[:, None] + d[None, :], o.to(O.dtype.element_ty),
-             mask=row_ok[:, None])
+    o_tile = (r // GP)[:, None] * stride_ot + (h * D)[:, None] + d[None, :]
+    tl.store(O + (bos + t0) * stride_ot + o_tile, o.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
 def _check_heads(name: str, x: torch.Tensor, n_tokens: int | None = None) -> None:
@@ -172,6 +174,11 @@ def _check_heads(name: str, x: torch.Tensor, n_tokens: int | None = None) -> Non
                          f"got strides {list(x.stride())}")
     if n_tokens is not None and x.shape[0] != n_tokens:
         raise ValueError(f"attention: {name} has {x.shape[0]} tokens, q has {n_tokens}")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands (fp32 activations, or any in the interpreter) multiply in full fp32, not tf32."""
+    return "ieee" if dtype == torch.float32 or interpreting() else "tf32"
 
 
 def check_gqa(op: str, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
@@ -203,8 +210,9 @@ def check_cache(op: str, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: in
 
 @torch.library.triton_op("gpt_oss_triton::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, cu_seqlens: torch.Tensor,
-              max_seqlen: int, sm_scale: float, sliding_window: int = 0, k_cache: torch.Tensor | None = None,
-              v_cache: torch.Tensor | None = None, cache_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+              max_seqlen: int, sm_scale: float, sliding_window: int = 0,
+              k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None,
+              cache_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Packed variable-length prefill (see the module docstring). max_seqlen >= every cu_seqlens difference.
 
     q [N, Hq, D], k, v [N, Hkv, D], sinks [Hq], cu_seqlens [B+1] int32 -> out [N, Hq, D] in q.dtype.
@@ -256,5 +264,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
         q.stride(0), k.stride(0), v.stride(0), out.stride(0),
         kc.stride(0), kc.stride(1) if has_cache else 0, vc.stride(0), vc.stride(1) if has_cache else 0,
         k_cache.shape[1] if has_cache else 1, sm_scale * _LOG2E, sliding_window,
-        HKV=Hkv, G=G, GP=GP, D=D, SLIDING=sliding_window > 0, HAS_CACHE=has_cache, DOT_F32=interpreting())
+        HKV=Hkv, G=G, GP=GP, D=D, SLIDING=sliding_window > 0, HAS_CACHE=has_cache, DOT_F32=interpreting(),
+        PRECISION=dot_precision(q.dtype))
     return out

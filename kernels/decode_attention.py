@@ -14,20 +14,22 @@ Pass 1 (grid num_splits x B*Hkv): each program takes one KV head and 1/num_split
 keys (split sizes follow each sequence's own length, so a short sequence in a long cache still spreads over
 all programs) and keeps the G query heads of the group as the rows of one tile (padded to 16 for tl.dot),
 so the group reads its K/V once. It writes an unnormalised partial output with its running max and sum.
-Pass 2 (grid B*Hq) merges the splits and the sink: m = max(m_i..., sink), l = sum l_i e^(m_i-m) + e^(sink-m).
+Pass 2 (grid B*Hkv) merges the splits and the sink: m = max(m_i..., sink), l = sum l_i e^(m_i-m) + e^(sink-m).
 """
 import torch
 import triton
 import triton.language as tl
 
-from .attention import _LOG2E, check_cache, check_gqa, interpreting
+from ._interpreter import interpreting
+from .attention import _LOG2E, check_cache, check_gqa, dot_precision
 
 
 def _configs():
+    """Configs that compile for sm_90 without spilling (tests/kernels/test_sm90_resources.py checks)."""
     if interpreting():
         return [triton.Config({"BLOCK_N": 16}, num_warps=4)]
     return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn, w, s in ((64, 4, 2), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4))]
+            for bn, w, s in ((64, 4, 2), (64, 4, 4), (128, 8, 3), (32, 4, 4))]
 
 
 @triton.autotune(configs=_configs(), key=["GP", "D", "SLIDING", "NUM_SPLITS"])
@@ -36,7 +38,7 @@ def _decode_attention_kernel(Q, KC, VC, POS, O_PART, ML_PART, stride_qb, stride_
                              stride_vcs, cache_len, qk_scale, window,
                              HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                              NUM_SPLITS: tl.constexpr, SLIDING: tl.constexpr, DOT_F32: tl.constexpr,
-                             BLOCK_N: tl.constexpr):
+                             PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -71,12 +73,12 @@ def _decode_attention_kernel(Q, KC, VC, POS, O_PART, ML_PART, stride_qb, stride_
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        qk = tl.where(valid[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        qk = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
 
     # Partials [B, Hq, NUM_SPLITS, D] and [B, Hq, NUM_SPLITS, 2] (max, sum).
@@ -87,24 +89,26 @@ def _decode_attention_kernel(Q, KC, VC, POS, O_PART, ML_PART, stride_qb, stride_
 
 
 @triton.jit
-def _decode_reduce_kernel(O_PART, ML_PART, SINKS, O, stride_ob, HQ: tl.constexpr, D: tl.constexpr,
-                          NUM_SPLITS: tl.constexpr, SPLITS_P: tl.constexpr):
+def _decode_reduce_kernel(O_PART, ML_PART, SINKS, O, stride_ob, HKV: tl.constexpr, G: tl.constexpr,
+                          GP: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_P: tl.constexpr):
     pid = tl.program_id(0)
-    b = pid // HQ
-    h = pid % HQ
+    b = pid // HKV
+    g = tl.arange(0, GP)
+    h = (pid % HKV) * G + g
     sp = tl.arange(0, SPLITS_P)
     d = tl.arange(0, D)
-    part = pid.to(tl.int64) * NUM_SPLITS + sp
-    ok = sp < NUM_SPLITS
+    part = (b * HKV * G + h).to(tl.int64)[:, None] * NUM_SPLITS + sp[None, :]
+    ok = (g < G)[:, None] & (sp < NUM_SPLITS)[None, :]
     m_s = tl.load(ML_PART + part * 2, mask=ok, other=float("-inf"))
     l_s = tl.load(ML_PART + part * 2 + 1, mask=ok, other=0.0)
-    o_s = tl.load(O_PART + part[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-    sink = tl.load(SINKS + h).to(tl.float32) * 1.4426950408889634  # log2(e)
-    m = tl.maximum(tl.max(m_s, 0), sink)
-    w = tl.exp2(m_s - m)
-    l = tl.sum(l_s * w, 0) + tl.exp2(sink - m)
-    o = tl.sum(o_s * w[:, None], 0) / l
-    tl.store(O + b.to(tl.int64) * stride_ob + h * D + d, o.to(O.dtype.element_ty))
+    o_s = tl.load(O_PART + part[:, :, None] * D + d[None, None, :], mask=ok[:, :, None], other=0.0)
+    sink = tl.load(SINKS + h, mask=g < G, other=0.0).to(tl.float32) * 1.4426950408889634  # log2(e)
+    m = tl.maximum(tl.max(m_s, 1), sink)
+    w = tl.exp2(m_s - m[:, None])
+    l = tl.sum(l_s * w, 1) + tl.exp2(sink - m)
+    o = tl.sum(o_s * w[:, :, None], 1) / l[:, None]
+    tl.store(O + b.to(tl.int64) * stride_ob + (h * D)[:, None] + d[None, :], o.to(O.dtype.element_ty),
+             mask=(g < G)[:, None])
 
 
 def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.device) -> int:
@@ -151,8 +155,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q, k_cache, v_cache, positions, o_part, ml_part, q.stride(0), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), L, sm_scale * _LOG2E, sliding_window,
         HKV=Hkv, G=G, GP=max(triton.next_power_of_2(G), 16), D=D, NUM_SPLITS=splits,
-        SLIDING=sliding_window > 0, DOT_F32=interpreting())
-    torch.library.wrap_triton(_decode_reduce_kernel)[(B * Hq,)](
-        o_part, ml_part, sinks, out, out.stride(0), HQ=Hq, D=D, NUM_SPLITS=splits,
-        SPLITS_P=triton.next_power_of_2(splits), num_warps=1)
+        SLIDING=sliding_window > 0, DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype))
+    torch.library.wrap_triton(_decode_reduce_kernel)[(B * Hkv,)](
+        o_part, ml_part, sinks, out, out.stride(0), HKV=Hkv, G=G, GP=triton.next_power_of_2(G), D=D,
+        NUM_SPLITS=splits, SPLITS_P=triton.next_power_of_2(splits), num_warps=4)
     return out

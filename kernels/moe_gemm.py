@@ -35,19 +35,21 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 and MXFP4 values exactly.
 DOT_DTYPE = tl.float32 if INTERPRET else tl.bfloat16
 DECODE_TOKENS = 64
-SWIGLU_ALPHA = 1.702
+SWIGLU_ALPHA = tl.constexpr(1.702)
 
 
 def _configs(decode: bool) -> list:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); every one compiles for sm_90 without register spills
+    (tests/kernels/test_moe_gemm_sm90.py). Larger prefill tiles (128 x 128) spill with the fp32 unpack."""
     if INTERPRET:  # one config: no autotuning in the interpreter, and distinct tiles for the two regimes
-        return [triton.Config({"BLOCK_M": 16 if decode else 32, "BLOCK_N": 32, "BLOCK_K": 64})]
-    if decode:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-                for bn in (16, 32, 64) for bk in (128, 256) for w, s in ((2, 4), (4, 3), (4, 5))]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in ((64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3),
-                                     (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (128, 128, 128, 8, 3),
-                                     (128, 256, 64, 8, 3))]
+        tiles = [(16, 64, 64, 4, 4)] if decode else [(32, 128, 128, 4, 3)]
+    elif decode:
+        tiles = [(16, 16, 128, 2, 4), (16, 16, 256, 2, 4), (16, 32, 128, 2, 4), (16, 16, 256, 4, 4),
+                 (16, 32, 128, 4, 3), (16, 32, 256, 4, 3), (16, 64, 128, 4, 3), (16, 64, 64, 4, 4)]
+    else:
+        tiles = [(64, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 128, 8, 3)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for m, n, k, w, s in tiles]
 
 
 def _tokens_bucket(n_tokens: int) -> int:
@@ -110,7 +112,7 @@ def _moe_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, gather_ptr, counts_ptr
         glu, lin = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
         glu = tl.minimum(glu, swiglu_limit)
         lin = tl.minimum(tl.maximum(lin, -swiglu_limit), swiglu_limit)
-        act = glu * tl.sigmoid(SWIGLU_ALPHA * glu) * (lin + 1.0)
+        act = glu * tl.sigmoid(glu * SWIGLU_ALPHA) * (lin + 1.0)
         offs_o = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(p_out + offs_o[None, :], act.to(out_ptr.dtype.element_ty),
                  mask=mask_m[:, None] & (offs_o < N // 2)[None, :])
@@ -124,19 +126,21 @@ _moe_gemm_prefill = triton.autotune(configs=_configs(False), key=["N", "K", "tok
 
 
 @triton.jit
-def _moe_combine_kernel(y_ptr, weights_ptr, scatter_ptr, residual_ptr, out_ptr, N,
-                        K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr):
-    token = tl.program_id(0).to(tl.int64)
+def _moe_combine_kernel(y_ptr, weights_ptr, scatter_ptr, residual_ptr, out_ptr, n_tokens, N,
+                        K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    mask_t = tokens < n_tokens
+    mask = mask_t[:, None] & (offs_n < N)[None, :]
+    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
     for slot in tl.static_range(K):  # fixed slot order: the same sum on every run
-        row = tl.load(scatter_ptr + token * K + slot).to(tl.int64)
-        y = tl.load(y_ptr + row * N + offs_n, mask=mask, other=0.0).to(tl.float32)
-        acc += tl.load(weights_ptr + token * K + slot) * y
+        rows = tl.load(scatter_ptr + tokens * K + slot, mask=mask_t, other=0).to(tl.int64)
+        y = tl.load(y_ptr + rows[:, None] * N + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(weights_ptr + tokens * K + slot, mask=mask_t, other=0.0)[:, None] * y
+    p_out = tokens.to(tl.int64)[:, None] * N + offs_n[None, :]
     if HAS_RESIDUAL:
-        acc += tl.load(residual_ptr + token * N + offs_n, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + token * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc += tl.load(residual_ptr + p_out, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + p_out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(op: str, name: str, x: torch.Tensor, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
@@ -217,10 +221,11 @@ def _moe_mlp2_op(a: torch.Tensor, gather_indx: torch.Tensor, scatter_indx: torch
         return out
     y = torch.empty(T * K, H, dtype=a.dtype, device=dev)
     _launch_gemm(a, blocks, scales, bias, y, gather_indx, counts, offsets, T, K, 0.0, gather_rows=False, swiglu=False)
-    block_n = 1024
-    wrap_triton(_moe_combine_kernel)[(T, triton.cdiv(H, block_n))](
-        y, weights, scatter_indx, out if residual is None else residual, out, H, K=K,
-        HAS_RESIDUAL=residual is not None, BLOCK_N=block_n)
+    block_n = min(triton.next_power_of_2(H), 1024)
+    block_t = min(triton.next_power_of_2(T), max(1, 2048 // block_n))
+    wrap_triton(_moe_combine_kernel)[(triton.cdiv(T, block_t), triton.cdiv(H, block_n))](
+        y, weights, scatter_indx, out if residual is None else residual, out, T, H, K=K,
+        HAS_RESIDUAL=residual is not None, BLOCK_T=block_t, BLOCK_N=block_n)
     return out
 
 

@@ -4,33 +4,35 @@
     add_rmsnorm:  h = x + delta (rounded to x.dtype, as an unfused add would);  t = rmsnorm(h)
 
 x, delta [N, H] (any leading dims, flattened; rows contiguous) bf16/fp16/fp32, scale [H] (fp32 in the
-model, any float dtype accepted). Math in fp32; outputs in x.dtype. One program per row: H = 2880 fits
-one tile (BLOCK_H = 4096), so each row is read once and written once; the fused variant reads x and
+model, any float dtype accepted). Math in fp32; outputs in x.dtype. A row (H = 2880) fits one tile
+(BLOCK_H = 4096), so each row is read once and written once; the fused variant reads x and
 delta once and writes h and t, where add-then-norm would read h again.
 """
 import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreting
 from .reference import rmsnorm_ref
 
 
 @triton.jit
-def _rmsnorm_kernel(X, DELTA, H_OUT, T_OUT, SCALE, H, stride_x, stride_d, stride_h, stride_t, eps,
-                    HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _rmsnorm_kernel(X, DELTA, H_OUT, T_OUT, SCALE, N, H, stride_x, stride_d, stride_h, stride_t, eps,
+                    HAS_DELTA: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_H)
-    mask = cols < H
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    mask = (row < N)[:, None] & (cols < H)[None, :]
+    x = tl.load(X + row[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     if HAS_DELTA:
         # Round the sum to the activation dtype first: the residual stream is stored in that dtype.
-        x = (x.to(tl.float32) + tl.load(DELTA + row * stride_d + cols, mask=mask, other=0.0).to(tl.float32))
-        x = x.to(H_OUT.dtype.element_ty)
-        tl.store(H_OUT + row * stride_h + cols, x, mask=mask)
+        delta = tl.load(DELTA + row[:, None] * stride_d + cols[None, :], mask=mask, other=0.0)
+        x = (x.to(tl.float32) + delta.to(tl.float32)).to(H_OUT.dtype.element_ty)
+        tl.store(H_OUT + row[:, None] * stride_h + cols[None, :], x, mask=mask)
     x = x.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
-    scale = tl.load(SCALE + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(T_OUT + row * stride_t + cols, (x * rstd * scale).to(T_OUT.dtype.element_ty), mask=mask)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / H + eps)
+    scale = tl.load(SCALE + cols, mask=cols < H, other=0.0).to(tl.float32)
+    t = x * rstd[:, None] * scale[None, :]
+    tl.store(T_OUT + row[:, None] * stride_t + cols[None, :], t.to(T_OUT.dtype.element_ty), mask=mask)
 
 
 def _check(x: torch.Tensor, scale: torch.Tensor, op: str) -> None:
@@ -52,13 +54,15 @@ def _check(x: torch.Tensor, scale: torch.Tensor, op: str) -> None:
 
 
 def _launch(x2, delta2, h_out, t_out, scale, eps):
-    H = x2.shape[-1]
+    N, H = x2.shape
     block = triton.next_power_of_2(H)
+    # One row per program on the GPU (H = 2880 fills a 4096-wide tile); the interpreter pays per program.
+    rows = 16 if interpreting() else 1
     has_delta = delta2 is not None
-    torch.library.wrap_triton(_rmsnorm_kernel)[(x2.shape[0],)](
-        x2, delta2 if has_delta else x2, h_out if has_delta else t_out, t_out, scale, H,
-        x2.stride(0), (delta2 if has_delta else x2).stride(0), (h_out if has_delta else t_out).stride(0),
-        t_out.stride(0), eps, HAS_DELTA=has_delta, BLOCK_H=block, num_warps=min(max(block // 512, 1), 16))
+    d, h = (delta2, h_out) if has_delta else (x2, t_out)
+    torch.library.wrap_triton(_rmsnorm_kernel)[(triton.cdiv(N, rows),)](
+        x2, d, h, t_out, scale, N, H, x2.stride(0), d.stride(0), h.stride(0), t_out.stride(0), eps,
+        HAS_DELTA=has_delta, ROWS=rows, BLOCK_H=block, num_warps=min(max(block // 512, 1), 16))
 
 
 @torch.library.triton_op("gpt_oss_triton::rmsnorm", mutates_args=())

@@ -11,53 +11,57 @@ k and its v [N, Hkv, D] are also stored at k_cache/v_cache [>=N, L, Hkv, D] slot
 cache-write pass. A prefill chunk writes its cache with kv_cache_write instead (after attention, which a
 ring buffer needs).
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreting
+
 
 @triton.jit
-def _rotate_heads(X, stride_xt, tok, c, s, H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr):
+def _rotate_heads(X, stride_xt, tok, tok_ok, c, s, H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr):
     HALF: tl.constexpr = D // 2
     hd = tl.arange(0, HP)
     j = tl.arange(0, HALF)
-    ptr = X + tok * stride_xt + (hd * D)[:, None] + j[None, :]
-    mask = (hd < H)[:, None]
+    ptr = X + tok[:, None, None] * stride_xt + (hd * D)[None, :, None] + j[None, None, :]
+    mask = tok_ok[:, None, None] & (hd < H)[None, :, None]
     x1 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(ptr + HALF, mask=mask, other=0.0).to(tl.float32)
-    o1 = (x1 * c[None, :] - x2 * s[None, :]).to(X.dtype.element_ty)
-    o2 = (x2 * c[None, :] + x1 * s[None, :]).to(X.dtype.element_ty)
+    o1 = (x1 * c[:, None, :] - x2 * s[:, None, :]).to(X.dtype.element_ty)
+    o2 = (x2 * c[:, None, :] + x1 * s[:, None, :]).to(X.dtype.element_ty)
     tl.store(ptr, o1, mask=mask)
     tl.store(ptr + HALF, o2, mask=mask)
     return o1, o2
 
 
 @triton.jit
-def _rope_kernel(Q, K, V, KC, VC, COS, SIN, POS, stride_qt, stride_kt, stride_vt, stride_kcb, stride_kcs,
+def _rope_kernel(Q, K, V, KC, VC, COS, SIN, POS, N, stride_qt, stride_kt, stride_vt, stride_kcb, stride_kcs,
                  stride_vcb, stride_vcs, cache_len,
                  HQ: tl.constexpr, HKV: tl.constexpr, HQP: tl.constexpr, HKVP: tl.constexpr, D: tl.constexpr,
-                 WRITE_CACHE: tl.constexpr):
+                 WRITE_CACHE: tl.constexpr, BLOCK_T: tl.constexpr):
     HALF: tl.constexpr = D // 2
-    tok = tl.program_id(0).to(tl.int64)
-    pos = tl.load(POS + tok).to(tl.int64)
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tok_ok = tok < N
+    pos = tl.load(POS + tok, mask=tok_ok, other=0).to(tl.int64)
     j = tl.arange(0, HALF)
-    c = tl.load(COS + pos * HALF + j).to(Q.dtype.element_ty).to(tl.float32)
-    s = tl.load(SIN + pos * HALF + j).to(Q.dtype.element_ty).to(tl.float32)
-    _rotate_heads(Q, stride_qt, tok, c, s, HQ, HQP, D)
-    k1, k2 = _rotate_heads(K, stride_kt, tok, c, s, HKV, HKVP, D)
+    row = pos[:, None] * HALF + j[None, :]
+    c = tl.load(COS + row, mask=tok_ok[:, None], other=0.0).to(Q.dtype.element_ty).to(tl.float32)
+    s = tl.load(SIN + row, mask=tok_ok[:, None], other=0.0).to(Q.dtype.element_ty).to(tl.float32)
+    _rotate_heads(Q, stride_qt, tok, tok_ok, c, s, HQ, HQP, D)
+    k1, k2 = _rotate_heads(K, stride_kt, tok, tok_ok, c, s, HKV, HKVP, D)
     if WRITE_CACHE:
         hd = tl.arange(0, HKVP)
-        mask = (hd < HKV)[:, None]
-        col = (hd * D)[:, None] + j[None, :]
-        slot = pos % cache_len
-        kc = KC + tok * stride_kcb + slot * stride_kcs + col
+        mask = tok_ok[:, None, None] & (hd < HKV)[None, :, None]
+        col = (hd * D)[None, :, None] + j[None, None, :]
+        kc = KC + (tok * stride_kcb + (pos % cache_len) * stride_kcs)[:, None, None] + col
         tl.store(kc, k1, mask=mask)
         tl.store(kc + HALF, k2, mask=mask)
-        v = tl.load(V + tok * stride_vt + col, mask=mask, other=0.0)
-        v2 = tl.load(V + tok * stride_vt + col + HALF, mask=mask, other=0.0)
-        vc = VC + tok * stride_vcb + slot * stride_vcs + col
-        tl.store(vc, v, mask=mask)
-        tl.store(vc + HALF, v2, mask=mask)
+        v = V + (tok * stride_vt)[:, None, None] + col
+        vc = VC + (tok * stride_vcb + (pos % cache_len) * stride_vcs)[:, None, None] + col
+        tl.store(vc, tl.load(v, mask=mask, other=0.0), mask=mask)
+        tl.store(vc + HALF, tl.load(v + HALF, mask=mask, other=0.0), mask=mask)
 
 
 def _check_heads(name: str, x: torch.Tensor, n: int, d: int, dtype: torch.dtype) -> None:
@@ -71,8 +75,8 @@ def _check_heads(name: str, x: torch.Tensor, n: int, d: int, dtype: torch.dtype)
 
 @torch.library.triton_op("gpt_oss_triton::rope", mutates_args=("q", "k", "k_cache", "v_cache"))
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-         v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
-         v_cache: torch.Tensor | None = None) -> None:
+         v: Optional[torch.Tensor] = None, k_cache: Optional[torch.Tensor] = None,
+         v_cache: Optional[torch.Tensor] = None) -> None:
     """Rotate q [N, Hq, D] and k [N, Hkv, D] in place by the table rows cos/sin [P, D/2] at positions [N].
 
     With v, k_cache and v_cache (decode mode): also store token i's rotated k and v at slot positions[i] % L
@@ -117,9 +121,12 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     if N == 0:
         return
     kc, vc, vv = (k_cache, v_cache, v) if write_cache else (k, k, k)
-    torch.library.wrap_triton(_rope_kernel)[(N,)](
-        q, k, vv, kc, vc, cos, sin, positions, q.stride(0), k.stride(0), vv.stride(0),
+    # A few tokens per program on the GPU keep the [tokens, heads, D/2] tiles in registers; the interpreter
+    # pays per program, so it takes more.
+    block_t = 16 if interpreting() else 2
+    torch.library.wrap_triton(_rope_kernel)[(triton.cdiv(N, block_t),)](
+        q, k, vv, kc, vc, cos, sin, positions, N, q.stride(0), k.stride(0), vv.stride(0),
         kc.stride(0), kc.stride(1) if write_cache else 0, vc.stride(0), vc.stride(1) if write_cache else 0,
         k_cache.shape[1] if write_cache else 1,
         HQ=Hq, HKV=Hkv, HQP=triton.next_power_of_2(Hq), HKVP=triton.next_power_of_2(Hkv), D=D,
-        WRITE_CACHE=write_cache, num_warps=4)
+        WRITE_CACHE=write_cache, BLOCK_T=block_t, num_warps=4)

@@ -1,4 +1,4 @@
-"""The `gpt-oss-triton` command: generate text, or write a synthetic checkpoint."""
+"""The `gpt-oss-triton` command: generate text, serve an OpenAI-compatible API, or write a synthetic checkpoint."""
 import argparse
 import sys
 from pathlib import Path
@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0, help="0: off")
     g.add_argument("--seed", type=int, default=None)
+
+    s = sub.add_parser("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    s.add_argument("--model-name", default=None,
+                   help="the model id clients send (default: the --model directory's name, or 'tiny')")
+    s.add_argument("--max-batch", type=_positive_int, default=8, help="requests decoded together")
+    s.add_argument("--max-len", type=_positive_int, default=4096, help="tokens per request, prompt included")
+    s.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="largest request body accepted")
 
     m = sub.add_parser("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
     m.add_argument("out", type=Path)
@@ -120,6 +131,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .server.app import create_app
+    except ImportError as e:
+        raise SystemExit(f"gpt-oss-triton: serve needs the 'serve' extra ({e.name} is missing): "
+                         "pip install 'gpt-oss-triton[serve]'") from None
+    model, tok = _load(args)
+    name = args.model_name or (Path(args.model).name if args.model else DEFAULT_MODEL)
+    try:
+        app = create_app(model, tok, model_name=name, api_key=args.api_key, max_batch=args.max_batch,
+                         max_len=args.max_len, max_body_bytes=args.max_body_bytes)
+    except ValueError as e:
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
+    print(f"gpt-oss-triton: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_make_checkpoint(args) -> int:
     import shutil
 
@@ -139,7 +170,7 @@ def cmd_make_checkpoint(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return {"generate": cmd_generate, "make-checkpoint": cmd_make_checkpoint}[args.command](args)
+    return {"generate": cmd_generate, "serve": cmd_serve, "make-checkpoint": cmd_make_checkpoint}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""The KV cache the Triton attention kernels read and write.
+
+Per layer, keys and values [B, L, Hkv, D] in the activation dtype, position s of sequence b at slot s % L:
+full-attention layers have L = max_len (nothing wraps), sliding layers a ring buffer of L = sliding_window
+slots, so their memory does not grow with the context. `lengths` [B] int32 lives on the device: the number
+of positions each sequence has cached, read by the kernels without a host sync (CUDA-graph friendly).
+All layers share `lengths`: the model advances it once per step, after the last layer.
+"""
+import torch
+
+from .config import GptOssConfig
+
+
+class TritonKVCache:
+    def __init__(self, config: GptOssConfig, batch_size: int, max_len: int, dtype: torch.dtype = torch.bfloat16,
+                 device=None):
+        if batch_size <= 0 or max_len <= 0:
+            raise ValueError(f"TritonKVCache: batch_size ({batch_size}) and max_len ({max_len}) must be positive")
+        self.batch_size, self.max_len = batch_size, max_len
+        self.k, self.v = [], []
+        for layer in range(config.num_hidden_layers):
+            slots = config.sliding_window if config.is_sliding(layer) and config.sliding_window else max_len
+            shape = (batch_size, slots, config.num_key_value_heads, config.head_dim)
+            self.k.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.v.append(torch.zeros(shape, dtype=dtype, device=device))
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+
+    def advance(self, n_new: torch.Tensor | int) -> None:
+        """lengths += n_new (an int, or [B] int32 new tokens per sequence), in place on the device."""
+        self.lengths += n_new
+
+    def reset(self) -> None:
+        self.lengths.zero_()

@@ -1,0 +1,103 @@
+"""From generated token ids to the text a response carries, one token at a time.
+
+Streaming and non-streaming responses both go through these classes, so a streamed reply joined up is
+the non-streamed one. `ChatAssembler` routes harmony's analysis channel to the reasoning and every other
+channel to the answer; `TextAssembler` decodes raw text. Both cut the answer at the first stop string,
+holding back text that may be the start of one until it is decided.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .. import harmony
+from ..tokenizer import StreamDecoder, Tokenizer
+
+
+@dataclass
+class Delta:
+    """The text one token adds: to the answer (`content`) and/or to the reasoning."""
+
+    content: str = ""
+    reasoning: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.content or self.reasoning)
+
+
+class StopMatcher:
+    """Finds the first of some stop strings in text that arrives in pieces."""
+
+    def __init__(self, stops: Iterable[str] = ()):
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The text that is now certain to come before any stop string (none once one was found)."""
+        if self.stopped:
+            return ""
+        text = self._held + text
+        cuts = [text.find(s) for s in self._stops if s in text]
+        if cuts:
+            self.stopped, self._held = True, ""
+            return text[:min(cuts)]
+        # Hold back the longest tail that a stop string starts with: the next piece may complete it.
+        keep = max((k for s in self._stops for k in range(1, min(len(s), len(text) + 1))
+                    if text.endswith(s[:k])), default=0)
+        self._held = text[len(text) - keep:]
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """The end of the text: what was held back was no stop string after all."""
+        held, self._held = self._held, ""
+        return held
+
+
+class ChatAssembler:
+    """A harmony completion, token by token: reasoning (analysis channel) apart from the answer.
+
+    Text still held in the parser's UTF-8 decoder when a message ends is dropped (harmony.parse would
+    turn it into U+FFFD), so the streamed and the assembled text stay equal.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Iterable[str] = ()):
+        self._parser = harmony.StreamParser(tokenizer)
+        self._stop = StopMatcher(stop)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string ended the answer: generation should stop."""
+        return self._stop.stopped
+
+    def feed(self, token: int) -> Delta:
+        text = self._parser.feed(token)
+        if not text:
+            return Delta()
+        if self._parser.channel == "analysis":
+            return Delta(reasoning=text)
+        return Delta(content=self._stop.feed(text))
+
+    def finish(self) -> Delta:
+        return Delta(content=self._stop.flush())
+
+
+class TextAssembler:
+    """Raw text completion: every token decoded except the end-of-text token that stopped it."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Iterable[str] = (), end_tokens: Iterable[int] = ()):
+        self._decoder = StreamDecoder(tokenizer)
+        self._stop = StopMatcher(stop)
+        self._end_tokens = frozenset(end_tokens)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.stopped
+
+    def feed(self, token: int) -> Delta:
+        if token in self._end_tokens:
+            return Delta()
+        return Delta(content=self._stop.feed(self._decoder.feed(token)))
+
+    def finish(self) -> Delta:
+        return Delta(content=self._stop.feed(self._decoder.flush()) + self._stop.flush())

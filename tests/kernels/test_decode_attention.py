@@ -1,0 +1,81 @@
+"""Decode attention (flash-decoding) against attention_ref: GQA, splits, windows, ring buffers, sinks."""
+import pytest
+import torch
+from helpers import assert_close
+
+from gpt_oss_triton.kernels.decode_attention import decode_attention
+from gpt_oss_triton.kernels.reference import attention_ref
+
+D = 64
+SM_SCALE = 0.125
+
+
+def _case(positions, hq, hkv, cache_len, device, fill=0.0, sinks=None, seed=0):
+    """Keys for positions 0..p per sequence, stored at slot p % cache_len (older ones overwritten)."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(positions)
+    k_all = [torch.randn(p + 1, hkv, D, generator=g).to(torch.bfloat16) for p in positions]
+    v_all = [torch.randn(p + 1, hkv, D, generator=g).to(torch.bfloat16) for p in positions]
+    q = torch.randn(B, hq, D, generator=g).to(torch.bfloat16)
+    kc = torch.full((B, cache_len, hkv, D), fill, dtype=torch.bfloat16)
+    vc = torch.full((B, cache_len, hkv, D), fill, dtype=torch.bfloat16)
+    for b, p in enumerate(positions):
+        for s in range(max(0, p + 1 - cache_len), p + 1):
+            kc[b, s % cache_len], vc[b, s % cache_len] = k_all[b][s], v_all[b][s]
+    if sinks is None:
+        sinks = torch.randn(hq, generator=g) * 2
+    args = dict(q=q.to(device), k_cache=kc.to(device), v_cache=vc.to(device), sinks=sinks.to(device),
+                positions=torch.tensor(positions, dtype=torch.int32, device=device))
+    return args, k_all, v_all
+
+
+def _check(out, args, k_all, v_all, window):
+    for b, p in enumerate(args["positions"].tolist()):
+        ref = attention_ref(args["q"][b, None, None].cpu(), k_all[b][None], v_all[b][None], args["sinks"].cpu(),
+                            sm_scale=SM_SCALE, sliding_window=window, q_start=p)[0, 0]
+        assert_close(out[b], ref, name=f"sequence {b} at position {p}")
+
+
+# Positions: the first token, below / at / past window 16, long enough for several splits.
+@pytest.mark.parametrize("hq,hkv", [(8, 1), (4, 2)])
+@pytest.mark.parametrize("window,num_splits", [(0, 0), (0, 3), (16, 2)])
+def test_decode_attention(hq, hkv, window, num_splits, device):
+    positions = [0, 14, 15, 16, 70]
+    args, k_all, v_all = _case(positions, hq, hkv, 80, device)
+    out = decode_attention(**args, sm_scale=SM_SCALE, sliding_window=window, num_splits=num_splits)
+    _check(out, args, k_all, v_all, window)
+
+
+@pytest.mark.parametrize("window", [8, 16])
+def test_decode_attention_ring_buffer_wrapped(window, device):
+    """Ring buffers of exactly the window, written far past their wrap (position 100 sits in slot 100 % W)."""
+    args, k_all, v_all = _case([5, window - 1, window, 100], 8, 1, window, device)
+    out = decode_attention(**args, sm_scale=SM_SCALE, sliding_window=window)
+    _check(out, args, k_all, v_all, window)
+
+
+def test_decode_attention_reads_only_visible_keys(device):
+    """nan in every slot a query must not read: after its position, and (sliding) before its window."""
+    args, k_all, v_all = _case([3, 40], 8, 1, 64, device, fill=float("nan"))
+    for name in ("k_cache", "v_cache"):
+        args[name][1, :40 - 8 + 1] = float("nan")
+    out = decode_attention(**args, sm_scale=SM_SCALE, sliding_window=8, num_splits=2)
+    _check(out, args, k_all, v_all, 8)
+
+
+def test_decode_attention_extreme_sinks(device):
+    sinks = torch.tensor([20.0, -1e4, 0.0, 5.0, -1e4, 20.0, -3.0, 1.0])
+    args, k_all, v_all = _case([0, 33], 8, 1, 40, device, sinks=sinks)
+    args["q"] = args["q"] * 4
+    out = decode_attention(**args, sm_scale=SM_SCALE, num_splits=2)
+    _check(out, args, k_all, v_all, 0)
+
+
+def test_decode_attention_rejects_bad_inputs(device):
+    args, *_ = _case([3], 8, 1, 8, device)
+    with pytest.raises(ValueError, match=r"positions must be int32 \[B\] = \[1\]"):
+        decode_attention(**{**args, "positions": args["positions"].long()}, sm_scale=SM_SCALE)
+    with pytest.raises(ValueError, match="cache length 8 must be >= the sliding window 16"):
+        decode_attention(**args, sm_scale=SM_SCALE, sliding_window=16)
+    with pytest.raises(ValueError, match=r"k_cache must be \[>=1, L, 1, 64\]"):
+        decode_attention(**{**args, "k_cache": args["k_cache"][..., :32]}, sm_scale=SM_SCALE)

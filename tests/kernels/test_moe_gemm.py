@@ -1,0 +1,88 @@
+"""Grouped MXFP4 expert GEMMs against fp32 references computed from the dequantized weights."""
+import pytest
+import torch
+
+from gpt_oss_triton.kernels.moe_gemm import DECODE_TOKENS, moe_mlp1, moe_mlp1_ref, moe_mlp2, moe_mlp2_ref
+from gpt_oss_triton.kernels.routing import routing
+from helpers import assert_close
+from moe_testdata import random_moe_weights
+
+# name: (tokens, experts, hidden, intermediate, experts_per_token, experts every token is forced to)
+CASES = {
+    "decode_one_token": (1, 8, 64, 64, 4, ()),
+    "decode_ragged": (7, 8, 96, 96, 4, ()),                 # hidden 96: a K tail (mlp1) and an N tail (mlp2)
+    "decode_all_to_one_expert": (5, 8, 64, 64, 1, (6,)),
+    "decode_real_hidden": (2, 4, 2880, 32, 4, ()),          # mlp1 reduces over the real 2880 (90 blocks)
+    "decode_real_intermediate": (2, 4, 64, 2880, 2, ()),    # mlp2 reduces over the real 2880
+    "prefill": (80, 8, 96, 96, 4, ()),
+    "prefill_empty_experts": (70, 16, 64, 64, 4, (0, 5, 6, 9)),  # 12 experts idle, 70 rows each for the rest
+    "prefill_all_to_one_expert": (67, 8, 64, 32, 1, (3,)),
+}
+
+
+def setup_case(name, device):
+    T, E, H, I, K, forced = CASES[name]
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    w = random_moe_weights(E, H, I, gen=gen, device=device, forced_experts=forced)
+    x = torch.randn(T, H, generator=gen).to(torch.bfloat16).to(device)
+    r = routing(x, w["gate_weight"], w["gate_bias"], K)
+    if forced:
+        assert sorted(r.counts.nonzero().flatten().tolist()) == sorted(forced)
+    return x, r, w
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "decode_real_intermediate"])  # there, 2I = 5760 rows
+def test_moe_mlp1(name, device):
+    x, r, w = setup_case(name, device)
+    a = moe_mlp1(x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
+    assert_close(a, moe_mlp1_ref(x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"]), name="mlp1")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "decode_real_hidden"])  # there, H = 2880 rows
+def test_moe_mlp2(name, device):
+    residual = "one_expert" not in name
+    x, r, w = setup_case(name, device)
+    T, H, I = x.shape[0], x.shape[1], w["mlp2_blocks"].shape[2] * 32
+    gen = torch.Generator().manual_seed(1)
+    a = (torch.randn(T * r.experts_per_token, I, generator=gen) * 10).to(torch.bfloat16).to(device)
+    res = torch.randn(T, H, generator=gen).to(torch.bfloat16).to(device) if residual else None
+    out = moe_mlp2(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], residual=res)
+    assert_close(out, moe_mlp2_ref(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], res), name="mlp2")
+
+
+def test_cases_cover_both_regimes_and_the_clamp(device):
+    assert {CASES[n][0] <= DECODE_TOKENS for n in CASES} == {True, False}
+    # The swiglu clamp must bite somewhere, or the comparisons above would not test it.
+    x, r, w = setup_case("decode_real_hidden", device)
+    args = (x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
+    assert not torch.equal(moe_mlp1_ref(*args, swiglu_limit=7.0), moe_mlp1_ref(*args, swiglu_limit=float("inf")))
+
+
+def test_launcher_errors(device):
+    x, r, w = setup_case("decode_one_token", device)
+    b1, s1, bias1 = w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"]
+    with pytest.raises(ValueError, match=r"moe_mlp1: x must be \[1, 64\] torch.bfloat16, got \[1, 64\] torch.float32"):
+        moe_mlp1(x.float(), r, b1, s1, bias1)
+    with pytest.raises(ValueError, match=r"moe_mlp1: scales must be \[8, 128, 2\] torch.uint8, got \[8, 128, 1\]"):
+        moe_mlp1(x, r, b1, s1[..., :1].contiguous(), bias1)
+    with pytest.raises(ValueError, match=r"moe_mlp1: blocks must be contiguous"):
+        moe_mlp1(x, r, b1.transpose(1, 2).contiguous().transpose(1, 2), s1, bias1)
+    a = torch.zeros(4, 32, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match=r"moe_mlp2: a must be \[4, 64\] torch.bfloat16, got \[4, 32\]"):
+        moe_mlp2(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 64, 1000])
+@pytest.mark.parametrize("E", [32, 128])
+def test_real_shapes_gpu(T, E):
+    gen = torch.Generator().manual_seed(T + E)
+    w = random_moe_weights(E, 2880, 2880, gen=gen, device="cuda")
+    x = torch.randn(T, 2880, generator=gen).to(torch.bfloat16).cuda()
+    r = routing(x, w["gate_weight"], w["gate_bias"], 4)
+    a = moe_mlp1(x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
+    assert_close(a, moe_mlp1_ref(x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"]), name="mlp1")
+    out = moe_mlp2(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], residual=x)
+    assert_close(out, moe_mlp2_ref(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], x), name="mlp2")
+    again = moe_mlp2(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], residual=x)
+    assert torch.equal(out, again), "the combine must be deterministic"
