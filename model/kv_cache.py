@@ -29,5 +29,17 @@ class TritonKVCache:
         """lengths += n_new (an int, or [B] int32 new tokens per sequence), in place on the device."""
         self.lengths += n_new
 
-    def reset(self) -> None:
-        self.lengths.zero_()
+    def reset(self, slot: int | None = None) -> None:
+        """Empty one sequence's row (the engine reuses the slot), or every row."""
+        if slot is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[slot] = 0
+
+    @property
+    def length(self) -> int:
+        """The common length of every row (a host sync: for the public forward, not the decode loop)."""
+        lengths = self.lengths.tolist()
+        if len(set(lengths)) != 1:
+            raise ValueError(f"cache rows hold different lengths {lengths}: use forward_packed")
+        return lengths[0]

@@ -150,8 +150,8 @@ class Transformer(nn.Module):
             raise ValueError(f"cache length {max_len} exceeds the model's context {self.config.max_context}")
         return KVCache(self.config, batch_size, max_len, self.dtype, self.embedding.weight.device)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """tokens [B, T] int64 -> logits [B, T, V]. With a cache, tokens continue at position cache.length."""
+    def check_forward(self, tokens: torch.Tensor, cache=None) -> int:
+        """Validate a public forward's input; returns the position the tokens start at."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {list(tokens.shape)}")
         B, T = tokens.shape
@@ -165,6 +165,12 @@ class Transformer(nn.Module):
         if T and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
+        return start
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """tokens [B, T] int64 -> logits [B, T, V]. With a cache, tokens continue at position cache.length."""
+        start = self.check_forward(tokens, cache)
+        T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)
         cos, sin = rope_cos_sin(positions, self.rope_inv_freq, self.rope_concentration)
         x = self.embedding(tokens)

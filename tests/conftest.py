@@ -36,3 +36,22 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="session")
+def o200k(shared_dir):
+    """The real gpt-oss tokenizer (27 MB: loaded once per session)."""
+    from gpt_oss_triton.model import Tokenizer
+    return Tokenizer.from_file(shared_dir / "o200k_harmony" / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def byte_level():
+    from gpt_oss_triton.model import Tokenizer
+    return Tokenizer.byte_level()
+
+
+@pytest.fixture(params=["o200k", "byte_level"])
+def tokenizer(request):
+    """Each test that takes it runs with the real tokenizer and with the built-in byte-level one."""
+    return request.getfixturevalue(request.param)

@@ -27,23 +27,8 @@ def system(reasoning="medium", date=None):
 
 
 @pytest.fixture(scope="module")
-def o200k(shared_dir):
-    return Tokenizer.from_file(shared_dir / "o200k_harmony" / "tokenizer.json")
-
-
-@pytest.fixture(scope="module")
 def golden(shared_dir):
     return json.loads((shared_dir / "golden" / "harmony.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def byte_level():
-    return Tokenizer.byte_level()
-
-
-@pytest.fixture(params=["o200k", "byte_level"])
-def tokenizer(request):
-    return request.getfixturevalue(request.param)
 
 
 def test_render_matches_openai_harmony(o200k, golden):

@@ -21,21 +21,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def o200k(shared_dir):
-    return Tokenizer.from_file(shared_dir / "o200k_harmony" / "tokenizer.json")
-
-
-@pytest.fixture(scope="module")
-def byte_level():
-    return Tokenizer.byte_level()
-
-
-@pytest.fixture(params=["o200k", "byte_level"])
-def tokenizer(request):
-    return request.getfixturevalue(request.param)
-
-
 def stream(tokenizer, ids):
     decoder = StreamDecoder(tokenizer)
     pieces = [decoder.feed(i) for i in ids]
