@@ -1,4 +1,5 @@
 """`GptOss`: the public model class, loading a checkpoint directory or a preset onto a backend."""
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ _FP32_SUFFIXES = ("norm.scale", "attn.sinks")
 
 
 def available_backends() -> dict[str, type]:
-    return {"torch": GptOss}
+    from .triton_model import TritonGptOss
+
+    return {"torch": GptOss, "triton": TritonGptOss}
 
 
 def resolve_backend(backend: str | None, device) -> tuple[str, torch.device]:
@@ -24,6 +27,9 @@ def resolve_backend(backend: str | None, device) -> tuple[str, torch.device]:
         backend = "triton" if device.type == "cuda" and "triton" in backends else "torch"
     if backend not in backends:
         raise ValueError(f"backend {backend!r} is not available; choose from {sorted(backends)}")
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend 'triton' on the CPU runs only in Triton's interpreter: set TRITON_INTERPRET=1 "
+                         "before starting Python (slow; for tests), or use backend='torch'")
     return backend, device
 
 
