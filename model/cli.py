@@ -72,8 +72,11 @@ def _load(args):
     if args.model is None:
         print(f"gpt-oss-triton: no --model given: using the embedded '{DEFAULT_MODEL}' model with seeded random "
               "weights, so the text is gibberish. Pass --model DIR for real weights.", file=sys.stderr)
-    model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device)
-    tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else model.tokenizer
+    try:
+        model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device)
+        tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else model.tokenizer
+    except (ValueError, FileNotFoundError) as e:  # bad checkpoint, tokenizer or backend: the message names it
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
     if tokenizer is None:
         raise SystemExit(f"gpt-oss-triton: {name} has no tokenizer.json; pass --tokenizer FILE")
     if tokenizer.vocab_size > model.config.vocab_size:

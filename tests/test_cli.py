@@ -60,3 +60,8 @@ def test_bad_arguments_exit_with_a_message(capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "gpt_oss_triton.model.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "make-checkpoint" in r.stdout
+
+
+def test_bad_model_directory_exits_with_its_name(tmp_path):
+    with pytest.raises(SystemExit, match=f"{tmp_path}: unknown layout"):
+        main(["generate", "--model", str(tmp_path), "--prompt", "x"])
