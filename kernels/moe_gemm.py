@@ -20,18 +20,18 @@ exit at once, and an expert with no pairs owns no tile. Regimes, tuned apart:
 - prefill: tensor-core tiles, BLOCK_M 64..128.
 The k slots of a token are summed by a separate combine kernel in slot order: deterministic, no atomics.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ._interpreter import interpreting
 from .mxfp4 import mxfp4_dequantize
 from .mxfp4_unpack import mxfp4_unpack
 from .reference import swiglu_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = interpreting()
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 and MXFP4 values exactly.
 DOT_DTYPE = tl.float32 if INTERPRET else tl.bfloat16
 DECODE_TOKENS = 64

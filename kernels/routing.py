@@ -19,15 +19,16 @@ No host synchronisation and no loop over experts on the host; at most three laun
 3. per block: pair -> offsets[e] + its block's start for e + its rank among the block's pairs of expert e.
 """
 import dataclasses
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ._interpreter import interpreting
+
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 values exactly.
-DOT_DTYPE = tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16
+DOT_DTYPE = tl.float32 if interpreting() else tl.bfloat16
 MAX_EXPERTS = 256
 BLOCK_T = 32  # tokens per routing program; its one-hot [BLOCK_T * K, E] must stay in registers
 BLOCK_B = 64  # block histograms per step of the prefix-sum program
