@@ -76,8 +76,9 @@ class TritonGptOss(GptOss):
         if max(n_new) <= 1:
             # Decode: every row runs (an empty row rewrites its own next slot, never read: the engine resets
             # a row before reusing it), so the launch shapes depend on B alone.
-            rows = torch.zeros(B, dtype=tokens.dtype, device=device)
-            rows[counts.bool()] = tokens
+            # Scatter by an index built on the host: a boolean mask would sync to count its True entries.
+            active = torch.tensor([b for b, n in enumerate(n_new) if n], dtype=torch.long, device=device)
+            rows = torch.zeros(B, dtype=tokens.dtype, device=device).index_copy_(0, active, tokens)
             x = self.embedding(rows)
             for block in self.block:
                 x = block.mlp(block.attn.decode(x, cos, sin, cache))
