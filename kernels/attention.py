@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 
 _LOG2E = 1.4426950408889634
 
@@ -259,7 +259,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"] // GP), B * Hkv)
 
-    torch.library.wrap_triton(_attention_kernel)[grid](
+    wrap_triton(_attention_kernel)[grid](
         q, k, v, kc, vc, sinks, out, cu_seqlens, cache_seqlens if has_cache else cu_seqlens,
         q.stride(0), k.stride(0), v.stride(0), out.stride(0),
         kc.stride(0), kc.stride(1) if has_cache else 0, vc.stride(0), vc.stride(1) if has_cache else 0,

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 from .attention import _LOG2E, check_cache, check_gqa, dot_precision
 
 
@@ -151,12 +151,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     G = Hq // Hkv
     o_part = torch.empty((B, Hq, splits, D), dtype=torch.float32, device=q.device)
     ml_part = torch.empty((B, Hq, splits, 2), dtype=torch.float32, device=q.device)
-    torch.library.wrap_triton(_decode_attention_kernel)[(splits, B * Hkv)](
+    wrap_triton(_decode_attention_kernel)[(splits, B * Hkv)](
         q, k_cache, v_cache, positions, o_part, ml_part, q.stride(0), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), L, sm_scale * _LOG2E, sliding_window,
         HKV=Hkv, G=G, GP=max(triton.next_power_of_2(G), 16), D=D, NUM_SPLITS=splits,
         SLIDING=sliding_window > 0, DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype))
-    torch.library.wrap_triton(_decode_reduce_kernel)[(B * Hkv,)](
+    wrap_triton(_decode_reduce_kernel)[(B * Hkv,)](
         o_part, ml_part, sinks, out, out.stride(0), HKV=Hkv, G=G, GP=triton.next_power_of_2(G), D=D,
         NUM_SPLITS=splits, SPLITS_P=triton.next_power_of_2(splits), num_warps=4)
     return out

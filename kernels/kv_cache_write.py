@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import wrap_triton
+
 
 @triton.jit
 def _kv_cache_write_kernel(K, V, KC, VC, CU_SEQLENS, CACHE_SEQLENS, stride_kt, stride_vt, stride_kcb, stride_kcs,
@@ -63,7 +65,7 @@ def kv_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     if N == 0 or max_seqlen <= 0:
         return
     block_t = 16
-    torch.library.wrap_triton(_kv_cache_write_kernel)[(triton.cdiv(max_seqlen, block_t), B)](
+    wrap_triton(_kv_cache_write_kernel)[(triton.cdiv(max_seqlen, block_t), B)](
         k, v, k_cache, v_cache, cu_seqlens, cache_seqlens, k.stride(0), v.stride(0), k_cache.stride(0),
         k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), k_cache.shape[1],
         HD=Hkv * D, HD_P=triton.next_power_of_2(Hkv * D), BLOCK_T=block_t, num_warps=4)

@@ -24,9 +24,9 @@ The k slots of a token are summed by a separate combine kernel in slot order: de
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 from .mxfp4 import mxfp4_dequantize
 from .mxfp4_unpack import mxfp4_unpack
 from .reference import swiglu_ref

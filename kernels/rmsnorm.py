@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 from .reference import rmsnorm_ref
 
 
@@ -60,7 +60,7 @@ def _launch(x2, delta2, h_out, t_out, scale, eps):
     rows = 16 if interpreting() else 1
     has_delta = delta2 is not None
     d, h = (delta2, h_out) if has_delta else (x2, t_out)
-    torch.library.wrap_triton(_rmsnorm_kernel)[(triton.cdiv(N, rows),)](
+    wrap_triton(_rmsnorm_kernel)[(triton.cdiv(N, rows),)](
         x2, d, h, t_out, scale, N, H, x2.stride(0), d.stride(0), h.stride(0), t_out.stride(0), eps,
         HAS_DELTA=has_delta, ROWS=rows, BLOCK_H=block, num_warps=min(max(block // 512, 1), 16))
 

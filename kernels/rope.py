@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 
 
 @triton.jit
@@ -124,7 +124,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     # A few tokens per program on the GPU keep the [tokens, heads, D/2] tiles in registers; the interpreter
     # pays per program, so it takes more.
     block_t = 16 if interpreting() else 2
-    torch.library.wrap_triton(_rope_kernel)[(triton.cdiv(N, block_t),)](
+    wrap_triton(_rope_kernel)[(triton.cdiv(N, block_t),)](
         q, k, vv, kc, vc, cos, sin, positions, N, q.stride(0), k.stride(0), vv.stride(0),
         kc.stride(0), kc.stride(1) if write_cache else 0, vc.stride(0), vc.stride(1) if write_cache else 0,
         k_cache.shape[1] if write_cache else 1,

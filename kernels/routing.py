@@ -23,9 +23,9 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from ._interpreter import interpreting
+from ._interpreter import interpreting, wrap_triton
 
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 values exactly.
 DOT_DTYPE = tl.float32 if interpreting() else tl.bfloat16

@@ -5,7 +5,10 @@ forward in which new requests prefill (in chunks of at most `prefill_chunk` toke
 decode a token, samples each request's next token with its own parameters and generator, and frees
 the slots of finished ones. So requests that arrive together decode together, a new one joins at the
 next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
-(with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it.
+(with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
+that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
+GPU one CUDA-graph replay per step, its inputs written on the device (the sampled tokens go straight into the
+graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream.
 """
 import itertools
 import threading
@@ -16,7 +19,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from .sampling import SamplingParams, sample
+from .decode_graph import DecodeGraph
+from .sampling import SamplingParams, sample_rows
 
 
 @dataclass
@@ -70,7 +74,10 @@ def check_request(config, max_len: int, prompt: list[int], params: SamplingParam
 
 
 class Engine:
-    def __init__(self, model, max_batch: int = 8, max_len: int = 4096, prefill_chunk: int = 2048):
+    """cuda_graph: capture decode steps in a CUDA graph (None: when the model has `decode_step` and a GPU)."""
+
+    def __init__(self, model, max_batch: int = 8, max_len: int = 4096, prefill_chunk: int = 2048,
+                 cuda_graph: bool | None = None):
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch ({max_batch}) and prefill_chunk ({prefill_chunk}) must be >= 1")
         if max_len > model.config.max_context:
@@ -78,6 +85,11 @@ class Engine:
         self.model, self.max_len, self.prefill_chunk = model, max_len, prefill_chunk
         self.device = model.embedding.weight.device
         self.cache = model.new_cache(max_batch, max_len)
+        if cuda_graph and not hasattr(model, "decode_step"):
+            raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
+        self.decoder = DecodeGraph(model, self.cache, cuda_graph) if hasattr(model, "decode_step") else None
+        self._index_cache: dict[tuple, torch.Tensor] = {}
+        self._active_rows: tuple | None = None
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
         self.steps = 0  # forward passes run: fewer than the tokens made when requests share steps
@@ -108,13 +120,14 @@ class Engine:
         """One packed forward; returns the (request, token) pairs it produced."""
         self._admit()
         self._drop_cancelled()
-        n_new, chunks = [0] * len(self.slots), []
+        n_new, chunks, prefilling = [0] * len(self.slots), [], False
         for b, req in enumerate(self.slots):
             if req is None:
                 continue
             if req.prefilled < len(req.prompt):
                 chunk = req.prompt[req.prefilled:req.prefilled + self.prefill_chunk]
                 req.prefilled += len(chunk)
+                prefilling = True
             else:
                 chunk = req.tokens[-1:]
             n_new[b] = len(chunk)
@@ -122,11 +135,19 @@ class Engine:
         if not chunks:
             return []
         t0 = time.perf_counter()
-        logits = self.model.forward_packed(torch.tensor(chunks, device=self.device), n_new, self.cache)
+        if self.decoder is not None and not prefilling:
+            logits = self._decode([b for b, n in enumerate(n_new) if n])
+        else:
+            logits = self.model.forward_packed(torch.tensor(chunks, device=self.device), n_new, self.cache)
         self.steps += 1
         ready = [(b, req) for b, req in enumerate(self.slots) if req is not None and req.prefilled == len(req.prompt)]
-        nxt = [sample(logits[b:b + 1], req.params, req.generator) for b, req in ready]
-        produced = [(req, int(t)) for (_, req), t in zip(ready, torch.cat(nxt).tolist() if nxt else [])]
+        produced = []
+        if ready:
+            rows = self._index(tuple(b for b, _ in ready))
+            nxt = sample_rows(logits, rows, [r.params for _, r in ready], [r.generator for _, r in ready])
+            if self.decoder is not None:  # the next decode step's input, written without leaving the device
+                self.decoder.tokens.index_copy_(0, rows, nxt)
+            produced = [(req, t) for (_, req), t in zip(ready, nxt.tolist())]  # the one sync: to stream
         elapsed = time.perf_counter() - t0
         for b, req in enumerate(self.slots):
             if req is not None:
@@ -146,6 +167,27 @@ class Engine:
                 if req.finished:
                     req.on_token(req, None)
         return produced
+
+    def _decode(self, rows: list[int]) -> torch.Tensor:
+        """A decode-only step of the given rows through the DecodeGraph; its token buffer already holds each
+        row's last token (written when it was sampled). `active` changes only when the set of rows does."""
+        rows = tuple(rows)
+        if rows != self._active_rows:
+            mask = [0] * len(self.slots)
+            for b in rows:
+                mask[b] = 1
+            self.decoder.active.copy_(torch.tensor(mask, dtype=torch.int32))
+            self._active_rows = rows
+        return self.decoder()
+
+    def _index(self, rows: tuple) -> torch.Tensor:
+        """rows as a device index, copied from the host once per distinct set of rows."""
+        index = self._index_cache.get(rows)
+        if index is None:
+            if len(self._index_cache) > 64:
+                self._index_cache.clear()
+            index = self._index_cache[rows] = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return index
 
     def run(self, requests: Iterable[Request] | None = None) -> None:
         """Step until the given requests (default: all) have finished."""

@@ -46,3 +46,14 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_rows(logits: torch.Tensor, rows: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Row rows[i] of logits [B, V] sampled with params[i] and generators[i] -> tokens [len(rows)] (int64).
+
+    rows is a device index, so nothing syncs; when every row is greedy they all go through one argmax."""
+    if all(p.temperature == 0.0 for p in params):
+        return logits.index_select(0, rows).argmax(dim=-1)
+    picked = logits.index_select(0, rows)
+    return torch.cat([sample(picked[i:i + 1], p, g) for i, (p, g) in enumerate(zip(params, generators))])

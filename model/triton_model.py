@@ -4,8 +4,9 @@
 attention or flash-decoding; MoE: fused routing, MXFP4 grouped GEMMs with swiglu and the weighted combine
 + residual in their epilogues), a Triton final norm, the KV cache of `TritonKVCache` (sliding layers keep
 a ring of the window) and a RoPE table computed once. `forward_packed` serves the engine: a step whose
-rows each take at most one token runs the decode kernels over every cache row (no host sync on lengths);
-any other step runs packed variable-length prefill.
+rows each take at most one token runs `decode_step`, the decode kernels over every cache row (no host sync,
+shapes fixed by the batch: what `DecodeGraph` captures in a CUDA graph); any other step runs packed
+variable-length prefill.
 """
 import torch
 from torch import nn
@@ -63,6 +64,22 @@ class TritonGptOss(GptOss):
             cache.advance(tokens.shape[1])
         return self.unembedding(self.norm(x))
 
+    def decode_step(self, tokens: torch.Tensor, active: torch.Tensor, cache: TritonKVCache) -> torch.Tensor:
+        """One token per cache row: tokens [B] at positions cache.lengths[b] -> logits [B, V]; then
+        cache.lengths += active [B] int32 (1: the row takes its token, 0: it stays where it is).
+
+        Every row runs, so the launch shapes depend on B alone and nothing asks the host for a value: this is
+        the body a CUDA graph captures (`DecodeGraph`). An inactive row rewrites its own next slot, which
+        nothing reads before the row's next real token writes it again (the engine resets a row before reuse).
+        """
+        cos, sin = self.rope_tables()
+        x = self.embedding(tokens)
+        for block in self.block:
+            x = block.mlp(block.attn.decode(x, cos, sin, cache))
+        logits = self.unembedding(self.norm(x))
+        cache.advance(active)
+        return logits
+
     def forward_packed(self, tokens: torch.Tensor, n_new: list[int], cache: TritonKVCache) -> torch.Tensor:
         """Row b of the cache takes its next n_new[b] tokens from the packed tokens [sum(n_new)] -> logits [B, V]
         of each row's last new token (rows with none: meaningless values, to be ignored)."""
@@ -71,26 +88,20 @@ class TritonGptOss(GptOss):
             raise ValueError(f"n_new {n_new} must have one entry per cache row ({B}) and sum to the "
                              f"{tokens.numel()} packed tokens")
         device = tokens.device
-        cos, sin = self.rope_tables()
         counts = torch.tensor(n_new, dtype=torch.int32, device=device)
         if max(n_new) <= 1:
-            # Decode: every row runs (an empty row rewrites its own next slot, never read: the engine resets
-            # a row before reusing it), so the launch shapes depend on B alone.
             # Scatter by an index built on the host: a boolean mask would sync to count its True entries.
             active = torch.tensor([b for b, n in enumerate(n_new) if n], dtype=torch.long, device=device)
             rows = torch.zeros(B, dtype=tokens.dtype, device=device).index_copy_(0, active, tokens)
-            x = self.embedding(rows)
-            for block in self.block:
-                x = block.mlp(block.attn.decode(x, cos, sin, cache))
-            logits = self.unembedding(self.norm(x))
-        else:
-            cu_seqlens = torch.zeros(B + 1, dtype=torch.int32, device=device)
-            cu_seqlens[1:] = torch.cumsum(counts, 0)
-            positions = prefill_positions(cu_seqlens, cache.lengths, tokens.numel())
-            x = self.embedding(tokens)
-            for block in self.block:
-                x = block.mlp(block.attn.prefill(x, cos, sin, cu_seqlens, max(n_new), cache, positions))
-            last = (cu_seqlens[1:] - 1).clamp(min=0).long()
-            logits = self.unembedding(self.norm(x[last]))
+            return self.decode_step(rows, counts, cache)
+        cos, sin = self.rope_tables()
+        cu_seqlens = torch.zeros(B + 1, dtype=torch.int32, device=device)
+        cu_seqlens[1:] = torch.cumsum(counts, 0)
+        positions = prefill_positions(cu_seqlens, cache.lengths, tokens.numel())
+        x = self.embedding(tokens)
+        for block in self.block:
+            x = block.mlp(block.attn.prefill(x, cos, sin, cu_seqlens, max(n_new), cache, positions))
+        last = (cu_seqlens[1:] - 1).clamp(min=0).long()
+        logits = self.unembedding(self.norm(x[last]))
         cache.advance(counts)
         return logits
