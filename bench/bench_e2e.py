@@ -1,4 +1,5 @@
-"""End to end: prefill and decode tokens/s, time to first token and peak memory, per preset, batch and context.
+"""End to end: prefill and decode tokens/s, time to first token and peak memory, per preset, batch and context;
+and whole generations through the engine (`test_generation`, what `gpt-oss-triton bench` prints).
 
 Ours is whatever `GptOss.from_pretrained(preset, backend=None)` picks on the GPU; beside it the torch reference
 (when ours is not already it) and transformers on the same weights. Each step is timed wall-clock with a
@@ -17,10 +18,11 @@ import time
 import pytest
 import torch
 from gpt_oss_triton.model import GptOssConfig
+from gpt_oss_triton.model.benchmark import bench_generation
+from gpt_oss_triton.model.roofline import decode_bytes, forward_flops
 
 import engines
 import peers
-from roofline import decode_bytes, forward_flops
 
 PRESETS = [pytest.param("tiny"), pytest.param("gpt-oss-20b", marks=pytest.mark.large),
            pytest.param("gpt-oss-120b", marks=pytest.mark.large)]
@@ -119,3 +121,25 @@ def test_prefill(benchmark, record, impl, preset, batch, context):
     record(benchmark, ms, bytes_moved=decode_bytes(config, batch * context).weights,
            flops=forward_flops(config, batch, context),
            **{"tokens/s": batch * context / (ms * 1e-3), "ttft_ms": ms, "peak_mem_GB": peak_gb})
+
+
+@pytest.mark.benchmark(group="e2e_generation")
+@pytest.mark.parametrize("batch", BATCHES)
+def test_generation(benchmark, record, roofs, impl, preset, batch):
+    """batch prompts of 1024 tokens, 64 new tokens each, through the engine: chunked prefill, CUDA-graph decode,
+    sampling and a host sync per step; the figure is the decode step, set against its bytes."""
+    if not isinstance(impl, engines.OursEngine) or impl.model.backend != "triton":
+        pytest.skip("the generation benchmark runs our triton backend (peers: test_decode, test_prefill)")
+    result = {}
+
+    def run():
+        result["r"] = bench_generation(impl.model, batch, 1024, 64, roofs["copy_bytes_per_s"])
+
+    _or_skip_on_oom(f"at batch {batch}", benchmark.pedantic, run, rounds=1, iterations=1)
+    r = result["r"]
+    config = GptOssConfig.preset(preset)
+    record(benchmark, r.decode_ms_per_step, bytes_moved=decode_bytes(config, batch, 1024 + 32).total,
+           flops=forward_flops(config, batch, 1, 1024 + 32),
+           **{"tokens/s": r.decode_tokens_per_s, "prefill_tokens/s": r.prefill_tokens_per_s,
+              "ttft_ms": 1e3 * r.prefill_s, "roof_fraction_engine": r.roof_fraction,
+              "peak_mem_GB": (r.peak_memory_bytes or 0) / 1e9})

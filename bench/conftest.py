@@ -20,31 +20,11 @@ if str(BENCH_DIR) not in sys.path:  # the helpers beside this file, whatever pyt
     sys.path.insert(0, str(BENCH_DIR))
 
 import result_file  # noqa: E402 (needs the path above)
+from gpt_oss_triton.model.environment import environment  # noqa: E402
+from gpt_oss_triton.model.roofline import bf16_peak_flops, measure_copy_bandwidth  # noqa: E402
 
 _ROOFS = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[Path]()
-
-# Dense bf16 tensor-core peak (no sparsity) by device name, in FLOP/s; looked up, not measured.
-BF16_PEAK_FLOPS = {
-    "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
-    "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "RTX 4090": 165e12, "B200": 2250e12,
-}
-
-
-def bf16_peak_flops(name: str) -> float:
-    for key in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
-        if key in name:
-            return BF16_PEAK_FLOPS[key]
-    return float("nan")
-
-
-def measure_copy_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Bytes/s of a large device-to-device copy, counting bytes read + written."""
-    import triton.testing
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=200)
-    return 2 * nbytes / (ms * 1e-3)
 
 
 def pytest_configure(config):
@@ -106,7 +86,7 @@ def pytest_sessionfinish(session, exitstatus):
     bench_session = getattr(session.config, "_benchmarksession", None)  # pytest-benchmark's, private but stable
     if roofs is None or not directory or bench_session is None:
         return
-    rec = result_file.build_record(bench_session.benchmarks, roofs, result_file.environment(roofs["device"]))
+    rec = result_file.build_record(bench_session.benchmarks, roofs, environment(roofs["device"]))
     if rec["benchmarks"]:
         session.config.stash[_WRITTEN] = result_file.write_record(rec, directory)
 

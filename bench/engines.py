@@ -34,7 +34,8 @@ def _move_cache_to(cache, position: int) -> None:
 
 
 class OursEngine:
-    """Our GptOss through its public API: `model(tokens, cache)` prefills, then decodes with the same call."""
+    """Our GptOss: `model(tokens, cache)` prefills; decode runs what the generation engine runs, the
+    CUDA-graph `DecodeGraph` for the Triton backend (the public `model(tokens, cache)` for the reference)."""
 
     def __init__(self, model):
         self.model, self.config = model, model.config
@@ -51,6 +52,8 @@ class OursEngine:
         return Step(setup, lambda: self.model(tokens, cache))
 
     def decode(self, batch: int, context: int) -> Step:
+        from gpt_oss_triton.model.decode_graph import DecodeGraph
+
         tokens = random_tokens(self.config.vocab_size, batch, 1, self.device)
         cache = self.model.new_cache(batch, context + 1)
 
@@ -58,7 +61,12 @@ class OursEngine:
             _move_cache_to(cache, context)
             return ()
 
-        return Step(setup, lambda: self.model(tokens, cache))
+        if not hasattr(self.model, "decode_step"):
+            return Step(setup, lambda: self.model(tokens, cache))
+        graph = DecodeGraph(self.model, cache)  # captured in the warm-up round
+        graph.tokens.copy_(tokens[:, 0])
+        graph.active.fill_(1)
+        return Step(setup, graph)
 
 
 class HFEngine:

@@ -1,17 +1,14 @@
 """One benchmark run as one JSON record: the environment, the measured roofs and every benchmark's result.
 
-`build_record` is pure (tested on the CPU with stand-in benchmark objects); `environment` asks the machine;
-`write_record` names the file after device, date and commit, so runs never overwrite each other.
+`build_record` is pure (tested on the CPU with stand-in benchmark objects; the environment it records comes
+from gpt_oss_triton.model.environment); `write_record` names the file after device, date and commit, so runs never overwrite each other.
 """
 import json
 import math
 import re
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA = 1
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _clean(value):
@@ -48,36 +45,6 @@ def build_record(benchmarks, roofs: dict, env: dict) -> dict:
         "copy_bytes_per_s": roofs.get("copy_bytes_per_s"), "bf16_flops": roofs.get("bf16_flops"),
         "benchmarks": [benchmark_entry(b) for b in ran],
     })
-
-
-def _command(*args: str) -> str | None:
-    try:
-        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=20, cwd=REPO)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def driver_version() -> str:
-    smi = _command("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
-    if smi:
-        return smi.splitlines()[0]
-    import torch
-    return f"cuda {torch.version.cuda}" if torch.version.cuda else "unknown"
-
-
-def environment(device: str) -> dict:
-    """Device, driver, versions, git commit (+ dirty: tracked files changed) and the UTC date, now."""
-    import torch
-    import triton
-
-    status = _command("git", "status", "--porcelain", "--untracked-files=no")
-    return {
-        "device": device, "driver": driver_version(), "torch": torch.__version__, "triton": triton.__version__,
-        "commit": _command("git", "rev-parse", "--short", "HEAD") or "unknown",
-        "dirty": bool(status) if status is not None else None,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def record_filename(record: dict) -> str:

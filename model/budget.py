@@ -2,11 +2,13 @@
 
 Weights are counted as stored (bf16 + packed MXFP4 with its scales, never dequantized). The KV cache
 holds `context` positions per sequence on full-attention layers and a ring of `sliding_window`
-positions on sliding ones. Activations are those of one prefill chunk (the engine prefills in chunks,
-so a 128K prompt never needs 128K-sized activations), with fp32 logits for the chunk's last tokens only.
+positions on sliding ones. Activations are those of one engine step (at most `prefill_chunk` prompt tokens
+over all sequences plus a decode token per sequence, so a 128K prompt never needs 128K-sized activations), with fp32 logits for the chunk's last tokens only.
 """
 import math
 from dataclasses import dataclass
+
+import torch
 
 from .config import GptOssConfig
 
@@ -49,7 +51,7 @@ def memory_budget(config: GptOssConfig, batch: int, context: int, *, prefill_chu
     n_full = config.num_hidden_layers - n_sliding
     window = min(config.sliding_window, context)
     kv_cache = batch * kv_row * (n_full * context + n_sliding * window)
-    tokens = min(prefill_chunk, batch * context)
+    tokens = min(prefill_chunk + batch, batch * context)  # a step: prompt chunks + a decode token per row
     H, I, k = config.hidden_size, config.intermediate_size, config.experts_per_token
     per_token = act_bytes * (3 * H + config.qkv_dim + config.num_attention_heads * config.head_dim
                              + k * (2 * I + I + H)) + 4 * (config.num_experts + 2 * k)  # router logits, weights
@@ -67,3 +69,28 @@ def max_batch(config: GptOssConfig, context: int, memory_bytes: int, **kw) -> in
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if memory_budget(config, mid, context, **kw).total <= memory_bytes else (lo, mid)
     return lo
+
+
+def free_bytes(device) -> int | None:
+    """Memory a new allocation on `device` can still get: the GPU's free memory plus what torch's caching
+    allocator holds unused. None off CUDA (no limit is checked there)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def check_fits(config: GptOssConfig, batch: int, context: int, free: int | None, **kw) -> MemoryBudget:
+    """Raise a ValueError, before anything is allocated, when the KV cache, activations and workspace of `batch`
+    sequences of `context` tokens need more than `free` bytes beside the weights already loaded."""
+    budget = memory_budget(config, batch, context, **kw)
+    need = budget.total - budget.weights
+    if free is not None and need > free:
+        fits = max_batch(config, context, free + budget.weights, **kw)
+        raise ValueError(
+            f"batch {batch} at {context} tokens needs {need / GB:.2f} GB beside the weights (KV cache "
+            f"{budget.kv_cache / GB:.2f} GB, activations {budget.activations / GB:.2f} GB, workspace "
+            f"{budget.workspace / GB:.2f} GB) but only {free / GB:.2f} GB are free: at most batch {fits} fits "
+            f"at this context")
+    return budget

@@ -1,4 +1,5 @@
-"""The `gpt-oss-triton` command: generate text, serve an OpenAI-compatible API, or write a synthetic checkpoint."""
+"""The `gpt-oss-triton` command: generate text, chat, benchmark, serve an OpenAI-compatible API, or write a
+synthetic checkpoint."""
 import argparse
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _at_least_2(s: str) -> int:
+    v = int(s)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (the first token comes with the prefill), got {v}")
+    return v
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint directory (Hugging Face or original layout) or a preset: tiny, gpt-oss-20b, "
@@ -25,6 +33,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: triton on a GPU, the torch reference on the CPU")
     p.add_argument("--device", default=None, help="default: cuda when there is a GPU, else cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling(args):
+    from .sampling import SamplingParams
+
+    try:
+        return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="render the prompt as a harmony chat; show reasoning and answer apart")
     g.add_argument("--reasoning", choices=("low", "medium", "high"), default="medium", help="harmony reasoning effort")
     g.add_argument("--system", default=None, help="with --chat: developer instructions")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    g.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0, help="0: off")
-    g.add_argument("--seed", type=int, default=None)
+    _add_sampling_args(g, max_new_tokens=128)
+
+    c = sub.add_parser("chat", help="an interactive harmony chat: reasoning and answer shown apart")
+    _add_model_args(c)
+    _add_sampling_args(c, max_new_tokens=1024)
+    c.add_argument("--reasoning", choices=("low", "medium", "high"), default="medium", help="harmony reasoning effort")
+    c.add_argument("--system", default=None, help="developer instructions for the whole conversation")
+    c.add_argument("--hide-reasoning", action="store_true", help="show the final answer only")
+
+    b = sub.add_parser("bench", help="prefill and decode tokens/s per batch size, against the bandwidth roof")
+    _add_model_args(b)
+    b.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 8, 64], help="batch sizes to run")
+    b.add_argument("--prompt-len", type=_positive_int, default=1024, help="prompt tokens per sequence")
+    b.add_argument("--new-tokens", type=_at_least_2, default=64, help="tokens generated per sequence")
+    b.add_argument("--json", type=Path, default=None, help="also write the results (and the environment) here")
 
     s = sub.add_parser("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
     _add_model_args(s)
@@ -65,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
+def _load(args, need_tokenizer: bool = True):
     from . import GptOss, Tokenizer
 
     name = args.model or DEFAULT_MODEL
@@ -77,60 +113,136 @@ def _load(args):
         tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else model.tokenizer
     except (ValueError, FileNotFoundError) as e:  # bad checkpoint, tokenizer or backend: the message names it
         raise SystemExit(f"gpt-oss-triton: {e}") from None
-    if tokenizer is None:
+    if tokenizer is None and need_tokenizer:
         raise SystemExit(f"gpt-oss-triton: {name} has no tokenizer.json; pass --tokenizer FILE")
-    if tokenizer.vocab_size > model.config.vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit(f"gpt-oss-triton: the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
                          f"only {model.config.vocab_size}")
     return model, tokenizer
 
 
-def cmd_generate(args) -> int:
-    from . import harmony
-    from .generate import SamplingParams, generate
-    from .tokenizer import StreamDecoder
-
-    try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    except ValueError as e:
-        raise SystemExit(f"gpt-oss-triton: {e}") from None
-    model, tok = _load(args)
-    if args.chat:
-        messages = ([{"role": "developer", "content": args.system}] if args.system else [])
-        messages.append({"role": "user", "content": args.prompt})
-        prompt = harmony.render(tok, messages, reasoning=args.reasoning)
-        stop = harmony.stop_tokens_for_assistant_actions(tok)
-        parser = harmony.StreamParser(tok)
-    else:
-        prompt = tok.encode(args.prompt)
-        stop = {tok.token_id("<|endoftext|>")}
-        parser, decoder = None, StreamDecoder(tok)
-    try:
-        gen = generate(model, prompt, params, stop_tokens=stop)
-    except ValueError as e:
-        raise SystemExit(f"gpt-oss-triton: {e}") from None
-
-    out = sys.stdout
+def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
+    """Writes a ChatStream's pieces, each message under its channel: "[analysis] ..." then "[final] ..."."""
     channel = None
-    if not args.chat:
-        out.write(args.prompt)
-    for token in gen:
-        if parser is None:
-            out.write(decoder.feed(token))
-        else:
-            text = parser.feed(token)
-            if text and parser.channel != channel:
-                out.write(f"{'' if channel is None else chr(10)}[{parser.channel or 'message'}] ")
-                channel = parser.channel
-            out.write(text)
+    for ch, text in stream:
+        if hide_reasoning and ch == "analysis":
+            continue
+        if ch != channel:
+            out.write(f"{'' if channel is None else chr(10)}[{ch or 'message'}] ")
+            channel = ch
+        out.write(text)
         out.flush()
-    out.write((decoder.flush() if parser is None else "") + "\n")
+    out.write("\n")
     out.flush()
-    s = gen.stats
-    print(f"[{s.prompt_tokens} prompt tokens in {s.prefill_s:.3f} s; {s.new_tokens} new tokens, "
-          f"decode {s.decode_tokens_per_s:.1f} tok/s; stopped by {s.stopped_by}; backend {model.backend} on "
-          f"{model.embedding.weight.device}]", file=sys.stderr)
+
+
+def _stats_line(stats, model) -> str:
+    return (f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_s:.3f} s; {stats.new_tokens} new tokens, "
+            f"decode {stats.decode_tokens_per_s:.1f} tok/s; stopped by {stats.stopped_by}; backend {model.backend} on "
+            f"{model.embedding.weight.device}]")
+
+
+def cmd_generate(args) -> int:
+    from .chat import stream_chat, stream_text
+
+    params = _sampling(args)
+    model, tok = _load(args)
+    try:
+        if args.chat:
+            messages = ([{"role": "developer", "content": args.system}] if args.system else [])
+            messages.append({"role": "user", "content": args.prompt})
+            stream = stream_chat(model, messages, params, reasoning=args.reasoning, tokenizer=tok)
+        else:
+            stream = stream_text(model, args.prompt, params, tokenizer=tok)
+    except ValueError as e:
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
+    out = sys.stdout
+    if args.chat:
+        _show_chat(stream, out)
+    else:
+        out.write(args.prompt)
+        for text in stream:
+            out.write(text)
+            out.flush()
+        out.write("\n")
+    print(_stats_line(stream.stats, model), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import stream_chat
+
+    params = _sampling(args)
+    model, tok = _load(args)
+    start = [{"role": "developer", "content": args.system}] if args.system else []
+    history = list(start)
+    print(f"gpt-oss-triton chat (reasoning: {args.reasoning}): /reset starts over, /exit or Ctrl-D quits",
+          file=sys.stderr)
+    while True:
+        try:
+            text = input(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history = list(start)
+            continue
+        if not text:
+            continue
+        turn = history + [{"role": "user", "content": text}]
+        try:
+            stream = stream_chat(model, turn, params, reasoning=args.reasoning, tokenizer=tok)
+            _show_chat(stream, sys.stdout, args.hide_reasoning)
+        except ValueError as e:  # e.g. the conversation no longer fits the context: /reset
+            print(f"gpt-oss-triton: {e}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # stops this reply, keeps the conversation before it
+            print("\n[interrupted]", file=sys.stderr)
+            continue
+        # The next prompt holds the answer; harmony.render drops this turn's reasoning once a user speaks again.
+        history = turn + [m for m in stream.messages if m.get("role") == "assistant" and m["content"]]
+        print(_stats_line(stream.stats, model), file=sys.stderr)
+
+
+def cmd_bench(args) -> int:
+    import json
+    import platform
+
+    from .benchmark import bench_generation
+    from .environment import environment
+    from .roofline import measure_copy_bandwidth
+
+    model, _ = _load(args, need_tokenizer=False)
+    device = model.embedding.weight.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    bandwidth = measure_copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 27)
+    triton_version = __import__("triton").__version__
+    print(f"{args.model or DEFAULT_MODEL} on {name} ({model.backend} backend, torch {torch.__version__}, "
+          f"triton {triton_version}); measured copy bandwidth {bandwidth / 1e9:.0f} GB/s; prompt {args.prompt_len} "
+          f"tokens, {args.new_tokens} new tokens per sequence")
+    header = ("batch", "prefill tok/s", "TTFT s", "decode tok/s", "ms/step", "roof ms/step", "% of roof", "peak GB")
+    print(" | ".join(header))
+    rows = []
+    for batch in args.batch:
+        try:
+            r = bench_generation(model, batch, args.prompt_len, args.new_tokens, bandwidth)
+        except torch.cuda.OutOfMemoryError as e:
+            print(f"{batch} | out of memory: {str(e).splitlines()[0]}")
+            torch.cuda.empty_cache()
+            continue
+        except ValueError as e:
+            raise SystemExit(f"gpt-oss-triton: {e}") from None
+        rows.append(r.as_dict())
+        peak = f"{r.peak_memory_bytes / 1e9:.2f}" if r.peak_memory_bytes is not None else "-"
+        print(f"{batch} | {r.prefill_tokens_per_s:.0f} | {r.prefill_s:.3f} | {r.decode_tokens_per_s:.1f} | "
+              f"{r.decode_ms_per_step:.2f} | {1e3 * r.roof_decode_s / r.decode_steps:.2f} | "
+              f"{100 * r.roof_fraction:.1f}% | {peak}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({
+            **environment(name), "model": args.model or DEFAULT_MODEL, "backend": model.backend,
+            "copy_bytes_per_s": bandwidth, "results": rows}, indent=1, allow_nan=False) + "\n")
     return 0
 
 
@@ -173,7 +285,9 @@ def cmd_make_checkpoint(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return {"generate": cmd_generate, "serve": cmd_serve, "make-checkpoint": cmd_make_checkpoint}[args.command](args)
+    commands = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "serve": cmd_serve,
+                "make-checkpoint": cmd_make_checkpoint}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The generation engine: continuous batching over a fixed set of KV-cache slots.
 
 Requests wait in a queue; each `step()` admits waiting ones into free slots, then runs one packed
-forward in which new requests prefill (in chunks of at most `prefill_chunk` tokens) and running ones
-decode a token, samples each request's next token with its own parameters and generator, and frees
-the slots of finished ones. So requests that arrive together decode together, a new one joins at the
+forward in which running requests decode a token and new ones prefill (at most `prefill_chunk` prompt
+tokens per step over all of them, so neither a 128K prompt nor 64 long ones need more activations than
+that), samples each request's next token with its own parameters and generator, and frees the slots of
+finished ones. So requests that arrive together decode together, a new one joins at the
 next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
 (with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
 that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
@@ -19,6 +20,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .budget import check_fits, free_bytes
 from .decode_graph import DecodeGraph
 from .sampling import SamplingParams, sample_rows
 
@@ -84,6 +86,9 @@ class Engine:
             raise ValueError(f"max_len {max_len} exceeds the model's context of {model.config.max_context} tokens")
         self.model, self.max_len, self.prefill_chunk = model, max_len, prefill_chunk
         self.device = model.embedding.weight.device
+        act_bytes = getattr(model, "dtype", torch.bfloat16).itemsize
+        check_fits(model.config, max_batch, max_len, free_bytes(self.device), prefill_chunk=prefill_chunk,
+                   act_bytes=act_bytes)
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
@@ -120,18 +125,19 @@ class Engine:
         """One packed forward; returns the (request, token) pairs it produced."""
         self._admit()
         self._drop_cancelled()
-        n_new, chunks, prefilling = [0] * len(self.slots), [], False
+        # Running rows decode a token each; prompts then prefill in slot order, at most prefill_chunk tokens in
+        # all, so a step's activations stay bounded however many long prompts arrive together.
+        per_row = [req.tokens[-1:] if req is not None and req.prefilled == len(req.prompt) else []
+                   for req in self.slots]
+        budget, prefilling = self.prefill_chunk, False
         for b, req in enumerate(self.slots):
-            if req is None:
-                continue
-            if req.prefilled < len(req.prompt):
-                chunk = req.prompt[req.prefilled:req.prefilled + self.prefill_chunk]
-                req.prefilled += len(chunk)
+            if req is not None and req.prefilled < len(req.prompt) and budget > 0:
+                per_row[b] = req.prompt[req.prefilled:req.prefilled + budget]
+                req.prefilled += len(per_row[b])
+                budget -= len(per_row[b])
                 prefilling = True
-            else:
-                chunk = req.tokens[-1:]
-            n_new[b] = len(chunk)
-            chunks.extend(chunk)
+        n_new = [len(c) for c in per_row]
+        chunks = [t for c in per_row for t in c]
         if not chunks:
             return []
         t0 = time.perf_counter()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import PRESETS
-from gpt_oss_triton.model.budget import max_batch, memory_budget, weight_bytes
+from gpt_oss_triton.model.budget import check_fits, free_bytes, max_batch, memory_budget, weight_bytes
 from gpt_oss_triton.model.params import count_parameters
 from gpt_oss_triton.model.reference import Transformer
 
@@ -52,3 +52,42 @@ def test_limits():
         memory_budget(PRESETS["gpt-oss-20b"], 1, 200_000)
     with pytest.raises(ValueError, match="must be >= 1"):
         memory_budget(PRESETS["gpt-oss-20b"], 0, 10)
+
+
+def test_a_batch_that_does_not_fit_fails_before_allocating():
+    config = PRESETS["gpt-oss-20b"]
+    need = memory_budget(config, 8, 8192)
+    assert check_fits(config, 8, 8192, free=None) == need  # off CUDA nothing is checked
+    assert check_fits(config, 8, 8192, free=need.total - need.weights) == need
+    fits = max_batch(config, 8192, 1e9 + need.weights)
+    with pytest.raises(ValueError, match=rf"batch 8 at 8192 tokens needs .* only 1.00 GB are free: at most batch "
+                                         rf"{fits} fits"):
+        check_fits(config, 8, 8192, free=int(1e9))
+    assert free_bytes("cpu") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset, batch, context", [("tiny", 4, 512), ("gpt-oss-20b", 2, 4096)])
+def test_gpu_memory_stays_within_the_budget(preset, batch, context):
+    """Weights as counted, and a whole engine run (full prefill chunks, CUDA-graph decode) within the budget."""
+    from gpt_oss_triton.model import GptOss
+    from gpt_oss_triton.model.engine import Engine
+    from gpt_oss_triton.model.sampling import SamplingParams
+
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    model = GptOss.from_pretrained(preset, device="cuda")
+    config = model.config
+    weights = torch.cuda.memory_allocated() - base
+    rope = config.max_context * config.head_dim * 4  # the model's fp32 cos/sin table, built on first use
+    assert weight_bytes(config) <= weights <= weight_bytes(config) + rope + (1 << 20)
+    torch.cuda.reset_peak_memory_stats()
+    budget = memory_budget(config, batch, context)
+    engine = Engine(model, max_batch=batch, max_len=context)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(batch):
+        engine.submit(torch.randint(0, config.vocab_size, (context - 8,), generator=g).tolist(),
+                      SamplingParams(max_new_tokens=8, temperature=0.0))
+    engine.run()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak <= budget.total, f"peak {peak / 1e9:.3f} GB over the budget: {budget}"

@@ -1,4 +1,7 @@
 """The `gpt-oss-triton` command, end to end on the CPU."""
+import io
+import json
+import re
 import subprocess
 import sys
 
@@ -65,3 +68,37 @@ def test_console_script_is_installed():
 def test_bad_model_directory_exits_with_its_name(tmp_path):
     with pytest.raises(SystemExit, match=f"{tmp_path}: unknown layout"):
         main(["generate", "--model", str(tmp_path), "--prompt", "x"])
+
+
+def _prompt_tokens(err: str) -> list[int]:
+    return [int(m) for m in re.findall(r"\[(\d+) prompt tokens", err)]
+
+
+def test_interactive_chat_keeps_the_conversation(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHi\n/reset\nHi\n"))  # then end of input: quits
+    assert main(["chat", "--reasoning", "low", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    first, second, after_reset = _prompt_tokens(err)
+    assert second > first  # the first exchange is in the second prompt
+    assert after_reset == first
+    assert out.count(">>> ") == 5 and "/exit or Ctrl-D quits" in err
+
+
+def test_chat_reports_a_turn_that_does_not_fit_and_goes_on(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 200 + "\n/exit\n"))
+    assert main(["chat", "--model", "tiny", "--max-new-tokens", "131000"]) == 0
+    assert "exceeds the model's context" in capsys.readouterr().err
+
+
+def test_bench_prints_and_writes_every_batch(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--batch", "1", "3", "--prompt-len", "5", "--new-tokens", "3", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "copy bandwidth" in out and "% of roof" in out
+    record = json.loads(path.read_text())
+    assert record["backend"] == "torch" and {"commit", "date", "torch", "triton", "device"} <= record.keys()
+    assert [r["batch"] for r in record["results"]] == [1, 3]
+    for r in record["results"]:
+        assert r["decode_steps"] == 2 and r["prefill_tokens_per_s"] > 0 and 0 < r["roof_fraction"] < 1
+    with pytest.raises(SystemExit):
+        main(["bench", "--new-tokens", "1"])

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from gpt_oss_triton.model import GptOssConfig, PRESETS
 from gpt_oss_triton.model.params import count_parameters

@@ -45,6 +45,25 @@ def test_queue_join_and_chunked_prefill(model):
         assert r.tokens == _alone(model, p, params), p
 
 
+def test_prefill_chunk_bounds_the_tokens_of_a_step(model, monkeypatch):
+    """prefill_chunk caps a step's prompt tokens over all requests (the memory budget counts on it)."""
+    params = SamplingParams(max_new_tokens=3, temperature=0.0)
+    engine = Engine(model, max_batch=3, max_len=64, prefill_chunk=5)
+    steps, forward = [], model.forward_packed
+
+    def spy(tokens, n_new, cache):
+        steps.append(list(n_new))
+        return forward(tokens, n_new, cache)
+
+    monkeypatch.setattr(model, "forward_packed", spy)
+    reqs = [engine.submit(p, params) for p in PROMPTS[:3]]  # 3, 20 and 1 prompt tokens
+    engine.run()
+    assert steps[:3] == [[3, 2, 0], [1, 5, 0], [1, 5, 0]]  # slot 0 decodes beside the chunks of slot 1
+    assert max(sum(n) for n in steps) <= 5 + 3
+    for p, r in zip(PROMPTS, reqs):
+        assert r.tokens == _alone(model, p, params), p
+
+
 def test_stop_tokens_cancel_and_callbacks(model):
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     greedy = _alone(model, PROMPTS[1], params)

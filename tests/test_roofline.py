@@ -1,13 +1,8 @@
-"""bench/roofline.py reproduces the byte counts of ../shared/perf-notes.md and the models' active parameters."""
-import sys
-from pathlib import Path
-
+"""model/roofline.py reproduces the byte counts of ../shared/perf-notes.md and the models' active parameters."""
 import pytest
 
 from gpt_oss_triton.model import PRESETS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from roofline import decode_bytes, distinct_experts, expert_params, forward_flops, kv_bytes  # noqa: E402
+from gpt_oss_triton.model.roofline import decode_bytes, distinct_experts, expert_params, forward_flops, kv_bytes
 
 GB = 1e9
 

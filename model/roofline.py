@@ -1,4 +1,5 @@
-"""How many bytes a forward step must read and how many FLOPs it does, from the config alone.
+"""How many bytes a forward step must read and how many FLOPs it does, from the config alone; and the roofs
+to set them against (the device's measured copy bandwidth, its looked-up dense bf16 peak).
 
 The decode roof: a step is bandwidth-bound, so its floor is the bytes it must read divided by the measured
 copy bandwidth. Counted as in ../shared/perf-notes.md: the linear weights only (biases, norms and sinks are
@@ -6,7 +7,10 @@ copy bandwidth. Counted as in ../shared/perf-notes.md: the linear weights only (
 the embedding as a row gather (nothing), and the KV cache the step attends over.
 """
 import math
+import time
 from dataclasses import dataclass
+
+import torch
 
 MXFP4_BYTES_PER_PARAM = 17 / 32  # 0.53125
 BF16 = 2
@@ -87,3 +91,36 @@ def forward_flops(config, batch: int, new_tokens: int, context: int = 0) -> floa
     full = sum(not config.is_sliding(i) for i in range(L))
     keys = full * keys_full + (L - full) * keys_sliding
     return batch * (2 * per_token * new_tokens + 4 * config.head_dim * config.num_attention_heads * keys)
+
+
+# Dense bf16 tensor-core peak (no sparsity) by device name, in FLOP/s; looked up, not measured.
+BF16_PEAK_FLOPS = {
+    "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
+    "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "RTX 4090": 165e12, "B200": 2250e12,
+}
+
+
+def bf16_peak_flops(name: str) -> float:
+    """The dense bf16 peak of a device by its name (longest matching key), NaN when unknown."""
+    for key in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
+        if key in name:
+            return BF16_PEAK_FLOPS[key]
+    return float("nan")
+
+
+def measure_copy_bandwidth(device="cuda", nbytes: int = 1 << 30) -> float:
+    """Bytes/s of a large copy on `device`, counting bytes read + written (the decode roof's bandwidth)."""
+    device = torch.device(device)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    if device.type == "cuda":
+        import triton.testing
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=200)
+        return 2 * nbytes / (ms * 1e-3)
+    dst.copy_(src)  # first touch
+    seconds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        seconds.append(time.perf_counter() - t0)
+    return 2 * nbytes / sorted(seconds)[len(seconds) // 2]
