@@ -115,3 +115,27 @@ def moe_ref(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
         y = torch.nn.functional.linear(swiglu_ref(h, swiglu_limit), w2, mlp2_bias[e].to(t.dtype))
         out.index_add_(0, rows, y.float() * weights[rows, slot, None])
     return out.to(t.dtype)
+
+
+def sample_tokens_ref(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution `sample_tokens` draws one row's next token from, as probabilities [V] fp32.
+
+    softmax(logits / temperature), kept to the top_k most likely tokens (0: all) and renormalised, then to the
+    most likely ones until they reach top_p (a token stays while those before it hold less than top_p) and
+    renormalised again. temperature 0: all the mass on the first maximal logit (greedy).
+    """
+    x = logits.float()
+    if temperature == 0:
+        return torch.nn.functional.one_hot(x.argmax(), x.numel()).float()
+    p = torch.softmax(x / temperature, dim=-1)
+    order = torch.argsort(p, descending=True, stable=True)[:top_k or x.numel()]
+    p_k = p[order] / p[order].sum()
+    keep, before = [], 0.0
+    for rank, q in enumerate(p_k.tolist()):
+        if top_p < 1.0 and before >= top_p:
+            break
+        keep.append(rank)
+        before += q
+    out = torch.zeros_like(p)
+    out[order[keep]] = p_k[keep]
+    return out / out.sum()

@@ -3,8 +3,8 @@
 Requests wait in a queue; each `step()` admits waiting ones into free slots, then runs one packed
 forward in which running requests decode a token and new ones prefill (at most `prefill_chunk` prompt
 tokens per step over all of them, so neither a 128K prompt nor 64 long ones need more activations than
-that), samples each request's next token with its own parameters and generator, and frees the slots of
-finished ones. So requests that arrive together decode together, a new one joins at the
+that), samples each request's next token with its own parameters and seed (all rows in a few launches),
+and frees the slots of finished ones. So requests that arrive together decode together, a new one joins at the
 next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
 (with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
 that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
@@ -22,7 +22,7 @@ import torch
 
 from .budget import check_fits, free_bytes
 from .decode_graph import DecodeGraph
-from .sampling import SamplingParams, sample_rows
+from .sampling import SamplingParams, SlotSampler
 
 
 @dataclass
@@ -39,6 +39,21 @@ class GenerationStats:
         return max(self.new_tokens - 1, 0) / self.decode_s if self.decode_s > 0 else float("nan")
 
 
+@dataclass
+class _Launched:
+    """A decode step queued on the device whose tokens the host has not read yet."""
+
+    rows: list  # (slot, request) pairs, in the order of `tokens`
+    tokens: torch.Tensor  # on the host (pinned, filled by an async copy) or, off CUDA, the tokens themselves
+    done: "torch.cuda.Event | None"  # recorded after the copy
+
+
+def _needs_more(rows) -> bool:
+    """Whether a step after the one in flight can be of use: some request is not at its token limit by then
+    (the tokens of the step in flight are not in `req.tokens` yet)."""
+    return any(len(req.tokens) + 1 < req.params.max_new_tokens for _, req in rows)
+
+
 @dataclass(eq=False)
 class Request:
     id: int
@@ -51,7 +66,7 @@ class Request:
     slot: int | None = None
     prefilled: int = 0
     cancelled: bool = False
-    generator: torch.Generator | None = None
+    seed: int = 0  # with the count of tokens drawn, picks the sampling noise (see sampling.py)
 
     @property
     def finished(self) -> bool:
@@ -76,23 +91,30 @@ def check_request(config, max_len: int, prompt: list[int], params: SamplingParam
 
 
 class Engine:
-    """cuda_graph: capture decode steps in a CUDA graph (None: when the model has `decode_step` and a GPU)."""
+    """cuda_graph: capture decode steps in a CUDA graph (None: when the model has `decode_step` and a GPU).
+    lookahead: while the host reads back a decode step's tokens and streams them, the next decode step of
+    the same requests already runs (None: on a GPU, where it hides the host's time per step; a request that
+    finished meanwhile just drops its extra token)."""
 
     def __init__(self, model, max_batch: int = 8, max_len: int = 4096, prefill_chunk: int = 2048,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, lookahead: bool | None = None):
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch ({max_batch}) and prefill_chunk ({prefill_chunk}) must be >= 1")
         if max_len > model.config.max_context:
             raise ValueError(f"max_len {max_len} exceeds the model's context of {model.config.max_context} tokens")
         self.model, self.max_len, self.prefill_chunk = model, max_len, prefill_chunk
         self.device = model.embedding.weight.device
-        act_bytes = getattr(model, "dtype", torch.bfloat16).itemsize
-        check_fits(model.config, max_batch, max_len, free_bytes(self.device), prefill_chunk=prefill_chunk,
-                   act_bytes=act_bytes)
+        free = free_bytes(self.device)
+        if free is not None:  # on a GPU: fail now, with the batch that fits, rather than out of memory later
+            check_fits(model.config, max_batch, max_len, free, prefill_chunk=prefill_chunk,
+                       act_bytes=getattr(model, "dtype", torch.bfloat16).itemsize)
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
         self.decoder = DecodeGraph(model, self.cache, cuda_graph) if hasattr(model, "decode_step") else None
+        self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
+        self._launched: _Launched | None = None
+        self.sampler = SlotSampler(max_batch, self.device)
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self._active_rows: tuple | None = None
         self.slots: list[Request | None] = [None] * max_batch
@@ -110,8 +132,7 @@ class Engine:
         self.check(prompt, params)
         req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token)
         req.stats.prompt_tokens = len(prompt)
-        req.generator = torch.Generator(device=self.device)
-        req.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        req.seed = params.seed if params.seed is not None else torch.seed()
         with self._lock:
             self.waiting.append(req)
         return req
@@ -122,9 +143,24 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
-        """One packed forward; returns the (request, token) pairs it produced."""
+        """One batched forward (two with the lookahead); returns the (request, token) pairs it produced."""
         self._admit()
         self._drop_cancelled()
+        t0 = time.perf_counter()
+        if self._launched is not None:
+            launched, self._launched = self._launched, None
+            if self.lookahead and self._decoding() == launched.rows and _needs_more(launched.rows):
+                self._launched = self._launch_decode(launched.rows)  # runs while `launched` is read back
+            produced = self._collect(launched)
+        else:
+            produced = self._step(t0)
+            if produced is None:
+                return []
+        self._account(time.perf_counter() - t0, produced)
+        return produced
+
+    def _step(self, t0: float) -> list[tuple[Request, int]] | None:
+        """A step with nothing launched ahead: packed prefill + decode, or a decode-only step (None: no work)."""
         # Running rows decode a token each; prompts then prefill in slot order, at most prefill_chunk tokens in
         # all, so a step's activations stay bounded however many long prompts arrive together.
         per_row = [req.tokens[-1:] if req is not None and req.prefilled == len(req.prompt) else []
@@ -136,26 +172,57 @@ class Engine:
                 req.prefilled += len(per_row[b])
                 budget -= len(per_row[b])
                 prefilling = True
-        n_new = [len(c) for c in per_row]
         chunks = [t for c in per_row for t in c]
         if not chunks:
-            return []
-        t0 = time.perf_counter()
-        if self.decoder is not None and not prefilling:
-            logits = self._decode([b for b, n in enumerate(n_new) if n])
-        else:
-            logits = self.model.forward_packed(torch.tensor(chunks, device=self.device), n_new, self.cache)
-        self.steps += 1
+            return None
         ready = [(b, req) for b, req in enumerate(self.slots) if req is not None and req.prefilled == len(req.prompt)]
-        produced = []
-        if ready:
-            rows = self._index(tuple(b for b, _ in ready))
-            nxt = sample_rows(logits, rows, [r.params for _, r in ready], [r.generator for _, r in ready])
-            if self.decoder is not None:  # the next decode step's input, written without leaving the device
-                self.decoder.tokens.index_copy_(0, rows, nxt)
-            produced = [(req, t) for (_, req), t in zip(ready, nxt.tolist())]  # the one sync: to stream
-        elapsed = time.perf_counter() - t0
-        for b, req in enumerate(self.slots):
+        if self.decoder is not None and not prefilling:
+            launched = self._launch_decode(ready)
+            if self.lookahead and _needs_more(ready):
+                self._launched = self._launch_decode(ready)
+            return self._collect(launched)
+        logits = self.model.forward_packed(torch.tensor(chunks, device=self.device), [len(c) for c in per_row],
+                                           self.cache)
+        self.steps += 1
+        if not ready:
+            return []
+        rows = self._index(tuple(b for b, _ in ready))
+        nxt = self.sampler(logits, rows, [b for b, _ in ready])
+        if self.decoder is not None:  # the next decode step's input, written without leaving the device
+            self.decoder.tokens.index_copy_(0, rows, nxt)
+        return [(req, t) for (_, req), t in zip(ready, nxt.tolist())]  # the one sync: to stream
+
+    def _decoding(self) -> list[tuple[int, Request]] | None:
+        """(slot, request) of every occupied slot when all of them decode (none prefills), else None."""
+        rows = [(b, req) for b, req in enumerate(self.slots) if req is not None]
+        return rows if rows and all(req.tokens for _, req in rows) else None
+
+    def _launch_decode(self, rows: list[tuple[int, Request]]) -> "_Launched":
+        """Queue a decode step of `rows` and the sampling of their next tokens; nothing waits for the device.
+        Their inputs are already in the graph's token buffer (written when they were sampled)."""
+        logits = self._decode([b for b, _ in rows])
+        index = self._index(tuple(b for b, _ in rows))
+        nxt = self.sampler(logits, index, [b for b, _ in rows])
+        self.decoder.tokens.index_copy_(0, index, nxt)
+        self.steps += 1
+        if not nxt.is_cuda:
+            return _Launched(rows, nxt, None)
+        host = torch.empty(nxt.shape, dtype=nxt.dtype, pin_memory=True)
+        host.copy_(nxt, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Launched(rows, host, done)
+
+    def _collect(self, launched: "_Launched") -> list[tuple[Request, int]]:
+        """Wait for a launched step's tokens (not for steps queued after it); drop those of requests that
+        finished or were cancelled since it was launched."""
+        if launched.done is not None:
+            launched.done.synchronize()
+        tokens = launched.tokens.tolist()
+        return [(req, t) for (b, req), t in zip(launched.rows, tokens) if req.slot == b and not req.finished]
+
+    def _account(self, elapsed: float, produced: list[tuple[Request, int]]) -> None:
+        for req in self.slots:
             if req is not None:
                 if req.tokens:
                     req.stats.decode_s += elapsed
@@ -172,7 +239,6 @@ class Engine:
                 req.on_token(req, token)
                 if req.finished:
                     req.on_token(req, None)
-        return produced
 
     def _decode(self, rows: list[int]) -> torch.Tensor:
         """A decode-only step of the given rows through the DecodeGraph; its token buffer already holds each
@@ -210,6 +276,7 @@ class Engine:
                         self._finish(req, "cancelled")
                         continue
                     self.cache.reset(b)
+                    self.sampler.assign(b, req.params, req.seed)
                     req.slot, self.slots[b] = b, req
 
     def _drop_cancelled(self) -> None:

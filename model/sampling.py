@@ -1,7 +1,19 @@
-"""Sampling on the device: parameters (validated up front) and the sampler."""
+"""Sampling on the device: parameters (validated up front), top-k / top-p filtering, and the engine's sampler.
+
+A request's randomness is counter-based: its seed and how many tokens it has drawn pick the noise
+(kernels/sample.py), so its tokens do not depend on which requests share its batch, and a step draws every
+row's token in a few launches whatever their parameters. Off the GPU (and outside Triton's interpreter) a
+torch loop draws the same distribution with a generator per row, seeded from (seed, draw): the same seed then
+gives the same tokens on every CPU run, not the tokens a GPU gives.
+"""
 from dataclasses import dataclass
 
 import torch
+
+from ..kernels._interpreter import interpreting
+from ..kernels.sample import sample_tokens
+
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, draw) pairs over the generator's seeds
 
 
 @dataclass(frozen=True)
@@ -27,33 +39,97 @@ class SamplingParams:
         if problems:
             raise ValueError("invalid sampling parameters: " + "; ".join(problems))
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [B, V] -> next tokens [B] (int64), on the logits' device with no host sync."""
-    logits = logits.float()
-    if params.temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits / params.temperature
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token once the tokens before it already cover top_p; the most likely one always stays.
-        drop = probs.cumsum(dim=-1) - probs >= params.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    @property
+    def filtered(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0
 
 
-def sample_rows(logits: torch.Tensor, rows: torch.Tensor, params: list[SamplingParams],
-                generators: list[torch.Generator | None]) -> torch.Tensor:
-    """Row rows[i] of logits [B, V] sampled with params[i] and generators[i] -> tokens [len(rows)] (int64).
+def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """logits [R, V] (tempered) with what top-k (top_k [R], 0: off) and then top-p (top_p [R], 1: off) drop set
+    to -inf: one sort for all rows. A token survives top-p while the tokens before it hold less than top_p."""
+    V = logits.shape[-1]
+    sorted_logits, order = logits.float().sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(V, device=logits.device)
+    k = torch.where(top_k > 0, top_k, V)
+    sorted_logits = sorted_logits.masked_fill(rank[None, :] >= k[:, None], float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    drop = ((probs.cumsum(dim=-1) - probs) >= top_p[:, None]) & (top_p < 1.0)[:, None]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(sorted_logits, float("-inf")).scatter(-1, order, sorted_logits)
 
-    rows is a device index, so nothing syncs; when every row is greedy they all go through one argmax."""
-    if all(p.temperature == 0.0 for p in params):
-        return logits.index_select(0, rows).argmax(dim=-1)
-    picked = logits.index_select(0, rows)
-    return torch.cat([sample(picked[i:i + 1], p, g) for i, (p, g) in enumerate(zip(params, generators))])
+
+def _sample_tokens_torch(logits, temperature, seeds, draws) -> torch.Tensor:
+    """sample_tokens' distribution (Gumbel-max) with torch's generator, one row at a time: for the CPU."""
+    tokens = []
+    for row, t, seed, draw in zip(logits.float(), temperature.tolist(), seeds.tolist(), draws.tolist()):
+        if t > 0:
+            g = torch.Generator(device=row.device).manual_seed((seed * _MIX + draw) % (1 << 63))
+            u = torch.rand(row.shape, generator=g, device=row.device)
+            row = row / t - torch.log(-torch.log(u))
+        tokens.append(row.argmax())
+    return torch.stack(tokens) if tokens else torch.zeros(0, dtype=torch.int64, device=logits.device)
+
+
+def draw_tokens(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, draws: torch.Tensor,
+                top_k: torch.Tensor | None = None, top_p: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of logits [R, V]: temperature [R] fp32 (0: greedy), seeds and draws [R] int64, top_k
+    [R] int64 and top_p [R] fp32 (None: no filter) -> tokens [R] int64, on the logits' device, no host sync."""
+    if top_k is not None or top_p is not None:
+        R = logits.shape[0]
+        top_k = top_k if top_k is not None else torch.zeros(R, dtype=torch.int64, device=logits.device)
+        top_p = top_p if top_p is not None else torch.ones(R, dtype=torch.float32, device=logits.device)
+        logits = filter_logits(logits.float() / torch.where(temperature > 0, temperature, 1.0)[:, None], top_k, top_p)
+        temperature = (temperature > 0).float()  # tempered already: greedy rows stay greedy
+    if logits.is_cuda or interpreting():
+        return sample_tokens(logits.contiguous(), temperature, seeds, draws)
+    return _sample_tokens_torch(logits, temperature, seeds, draws)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, seed: int = 0, draws: torch.Tensor | None = None):
+    """logits [R, V] -> tokens [R], every row with `params` and `seed`; row r is draw draws[r] (default: r)."""
+    R, device = logits.shape[0], logits.device
+    full = lambda value, dtype: torch.full((R,), value, dtype=dtype, device=device)  # noqa: E731
+    draws = draws if draws is not None else torch.arange(R, device=device)
+    return draw_tokens(logits, full(params.temperature, torch.float32), full(seed, torch.int64), draws,
+                       full(params.top_k, torch.int64) if params.filtered else None,
+                       full(params.top_p, torch.float32) if params.filtered else None)
+
+
+class SlotSampler:
+    """Each engine slot's sampling state on the device: temperature, top-k, top-p, seed and draws made so far.
+
+    `assign` sets a slot's row when a request takes it (scalar writes: nothing copied from the host); a call
+    draws the ready rows' tokens and advances their draw counters on the device."""
+
+    def __init__(self, n_slots: int, device):
+        def zeros(dtype):
+            return torch.zeros(n_slots, dtype=dtype, device=device)
+
+        self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float32)
+        self.top_k, self.seed, self.draws = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
+        self.params: list[SamplingParams | None] = [None] * n_slots
+
+    def assign(self, slot: int, params: SamplingParams, seed: int) -> None:
+        self.temperature[slot] = params.temperature
+        self.top_k[slot] = params.top_k
+        self.top_p[slot] = params.top_p
+        self.seed[slot] = seed % (1 << 63)
+        self.draws[slot] = 0
+        self.params[slot] = params
+
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """logits [B, V]; rows: the device index of `slots` -> tokens [len(slots)] int64."""
+        params = [self.params[b] for b in slots]
+        picked = logits.index_select(0, rows)
+        if all(p.greedy for p in params):
+            tokens = picked.argmax(dim=-1)
+        else:
+            filtered = any(p.filtered for p in params)
+            tokens = draw_tokens(picked, self.temperature[rows], self.seed[rows], self.draws[rows],
+                                 self.top_k[rows] if filtered else None, self.top_p[rows] if filtered else None)
+        self.draws.index_add_(0, rows, torch.ones_like(rows))
+        return tokens

@@ -106,7 +106,9 @@ def test_nothing_ran_gives_an_empty_record():
 
 
 def test_environment_reads_versions_and_commit_without_a_gpu():
-    env = result_file.environment("cpu")
+    from gpt_oss_triton.model.environment import environment
+
+    env = environment("cpu")
     assert env["torch"] == torch.__version__ and env["driver"] and env["commit"]
     assert env["date"].endswith("+00:00")
 

@@ -59,12 +59,13 @@ def test_capture_needs_a_cuda_cache(model):
 
 def test_rows_join_and_leave_the_decode_buffers(model):
     """Rows leave and join between decode steps, so the graph's active rows change and its token buffer must
-    follow (a joining row's first token comes from a mixed prefill step). Same tokens as the engine's packed
-    decode path (no DecodeGraph), which runs the same kernels."""
+    follow (a joining row's first token comes from a mixed prefill step), and the lookahead step launched
+    before a request ends must drop its token. Same tokens as the engine's packed decode path (no DecodeGraph,
+    no lookahead), which runs the same kernels."""
     greedy = [SamplingParams(max_new_tokens=n, temperature=0.0) for n in (2, 5, 2)]
 
     def run(use_graph):
-        engine = Engine(model, max_batch=2, max_len=24)
+        engine = Engine(model, max_batch=2, max_len=24, lookahead=use_graph)
         if not use_graph:
             engine.decoder = None
         reqs = [engine.submit([1, 2, 3], greedy[0]), engine.submit(list(range(10, 20)), greedy[1])]
@@ -108,8 +109,8 @@ def test_engine_tokens_with_and_without_cuda_graph(model):
     prompts = [[1, 2, 3], list(range(10, 30)), [7]]
     params = SamplingParams(max_new_tokens=24, temperature=0.8, top_k=50, seed=3)
 
-    def run(cuda_graph):
-        engine = Engine(model, max_batch=4, max_len=64, cuda_graph=cuda_graph)
+    def run(cuda_graph):  # the graph with the lookahead (the default on a GPU) against neither
+        engine = Engine(model, max_batch=4, max_len=64, cuda_graph=cuda_graph, lookahead=cuda_graph)
         reqs = [engine.submit(p, params) for p in prompts]
         engine.run()
         return [r.tokens for r in reqs]

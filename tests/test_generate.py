@@ -42,21 +42,20 @@ def test_stop_token_ends_generation_and_stats(model):
 
 def test_top_k_and_top_p_keep_only_the_allowed_tokens():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(2000, 1)
-    g = torch.Generator().manual_seed(0)
-    seen = set(sample(logits, SamplingParams(top_k=2, seed=0), g).tolist())
+    seen = set(sample(logits, SamplingParams(top_k=2), seed=0).tolist())
     assert seen == {0, 1}
     # probs ~ [.64, .23, .09, .03, ...]: top_p 0.8 keeps tokens 0 and 1 (0.64 < 0.8 <= 0.87)
-    seen = set(sample(logits, SamplingParams(top_p=0.8), g).tolist())
+    seen = set(sample(logits, SamplingParams(top_p=0.8), seed=1).tolist())
     assert seen == {0, 1}
-    assert set(sample(logits, SamplingParams(top_p=0.5), g).tolist()) == {0}
+    assert set(sample(logits, SamplingParams(top_p=0.5), seed=2).tolist()) == {0}
     assert (sample(logits, SamplingParams(temperature=0.0)) == 0).all()
     # temperature sharpens: at 0.05 the second token (80 logits below after scaling) never shows
-    assert set(sample(logits, SamplingParams(temperature=0.05), g).tolist()) == {0}
+    assert set(sample(logits, SamplingParams(temperature=0.05), seed=3).tolist()) == {0}
 
 
 def test_sampling_matches_the_distribution():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(20000, 1)
-    counts = torch.bincount(sample(logits, SamplingParams(), torch.Generator().manual_seed(1)), minlength=3)
+    counts = torch.bincount(sample(logits, SamplingParams(), seed=1), minlength=3)
     assert torch.allclose(counts / 20000, torch.tensor([0.5, 0.3, 0.2]), atol=0.02)
 
 
