@@ -50,6 +50,23 @@ def _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, MASKED: tl.constexpr,
     return acc, m_new, l_i
 
 
+@triton.jit
+def _attend_new_masked(acc, m_i, l_i, q, k_base, v_base, k_tile, v_tile, s, start, T, q_pos, window, qk_scale,
+                       SLIDING: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """A block of the chunk's own keys at positions s that needs the causal (and window) mask. The scalar
+    bases and 32-bit tiles stay apart until the load (a tile of 64-bit pointers held longer spills)."""
+    is_new = s - start < T
+    k = tl.load(k_base + k_tile, mask=is_new[:, None], other=0.0)
+    v = tl.load(v_base + v_tile, mask=is_new[:, None], other=0.0)
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    valid = s[None, :] <= q_pos[:, None]
+    if SLIDING:
+        valid = valid & (q_pos[:, None] - s[None, :] < window)
+    return _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
+
+
 @triton.autotune(configs=_configs(), key=["GP", "D", "SLIDING", "HAS_CACHE"])
 @triton.jit
 def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
@@ -127,16 +144,9 @@ def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
     v_tile = n[:, None] * stride_vt + kvh * D + d[None, :]
     # Masked blocks up to clear_lo (the window's lower edge), then unmasked ones, then masked up to p1.
     for s0 in range(first, clear_lo, BLOCK_N):
-        s = s0 + n
-        row0 = bos + s0 - start
-        is_new = s - start < T
-        k = tl.load(K + row0 * stride_kt + k_tile, mask=is_new[:, None], other=0.0)
-        v = tl.load(V + row0 * stride_vt + v_tile, mask=is_new[:, None], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        valid = (s[None, :] <= q_pos[:, None]) & (q_pos[:, None] - s[None, :] < window)
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
+        acc, m_i, l_i = _attend_new_masked(acc, m_i, l_i, q, K + (bos + s0 - start) * stride_kt,
+                                           V + (bos + s0 - start) * stride_vt, k_tile, v_tile, s0 + n, start, T,
+                                           q_pos, window, qk_scale, SLIDING, DOT_F32, PRECISION)
     clear_start = first + tl.cdiv(clear_lo - first, BLOCK_N) * BLOCK_N
     n_clear = tl.maximum(p0 + 1 - clear_start, 0) // BLOCK_N
     for i in range(0, n_clear):
@@ -148,18 +158,9 @@ def _attention_kernel(Q, K, V, KC, VC, SINKS, O, CU_SEQLENS, CACHE_SEQLENS,
             v = v.to(tl.float32)
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, row_ok[:, None], qk_scale, False, PRECISION)
     for s0 in range(clear_start + n_clear * BLOCK_N, p1 + 1, BLOCK_N):
-        s = s0 + n
-        row0 = bos + s0 - start
-        is_new = s - start < T
-        k = tl.load(K + row0 * stride_kt + k_tile, mask=is_new[:, None], other=0.0)
-        v = tl.load(V + row0 * stride_vt + v_tile, mask=is_new[:, None], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        valid = s[None, :] <= q_pos[:, None]
-        if SLIDING:
-            valid = valid & (q_pos[:, None] - s[None, :] < window)
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, valid, qk_scale, True, PRECISION)
+        acc, m_i, l_i = _attend_new_masked(acc, m_i, l_i, q, K + (bos + s0 - start) * stride_kt,
+                                           V + (bos + s0 - start) * stride_vt, k_tile, v_tile, s0 + n, start, T,
+                                           q_pos, window, qk_scale, SLIDING, DOT_F32, PRECISION)
 
     o = acc / l_i[:, None]
     o_tile = (r // GP)[:, None] * stride_ot + (h * D)[:, None] + d[None, :]
