@@ -36,6 +36,8 @@ class SamplingParams:
             problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             problems.append(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            problems.append(f"seed must be an integer or None, got {self.seed!r}")
         if problems:
             raise ValueError("invalid sampling parameters: " + "; ".join(problems))
 

@@ -64,6 +64,7 @@ def test_sampling_matches_the_distribution():
     (dict(top_p=0.0), "top_p must be in"),
     (dict(top_k=-2), "top_k must be an integer"),
     (dict(max_new_tokens=0), "max_new_tokens must be"),
+    (dict(seed=1.5), "seed must be an integer"),
 ])
 def test_invalid_sampling_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
