@@ -269,11 +269,13 @@ class Engine:
 
     def _admit(self) -> None:
         with self._lock:
-            for b, req in enumerate(self.slots):
-                if req is None and self.waiting:
+            for b in range(len(self.slots)):
+                while self.slots[b] is None and self.waiting:
                     req = self.waiting.popleft()
-                    if req.cancelled:
+                    if req.cancelled:  # cancelled while waiting: it never takes a slot
                         self._finish(req, "cancelled")
+                        if req.on_token:
+                            req.on_token(req, None)
                         continue
                     self.cache.reset(b)
                     self.sampler.assign(b, req.params, req.seed)

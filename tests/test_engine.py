@@ -81,6 +81,21 @@ def test_stop_tokens_cancel_and_callbacks(model):
     assert engine.slots == [None, None] and not engine.busy
 
 
+def test_a_request_cancelled_while_waiting_gives_its_slot_to_the_next(model):
+    params = SamplingParams(max_new_tokens=2, temperature=0.0)
+    engine = Engine(model, max_batch=1, max_len=64)
+    engine.submit(PROMPTS[0], params)
+    seen = []
+    dropped = engine.submit(PROMPTS[1], params, on_token=lambda r, t: seen.append(t))
+    after = engine.submit(PROMPTS[2], params)
+    dropped.cancel()
+    engine.step()
+    engine.step()  # the first request's two tokens: its slot frees
+    engine.step()  # skips the cancelled one: the next prefills at once
+    assert len(after.tokens) == 1
+    assert dropped.stats.stopped_by == "cancelled" and not dropped.tokens and seen == [None]
+
+
 def test_limits(model):
     engine = Engine(model, max_batch=1, max_len=16)
     with pytest.raises(ValueError, match="exceeds the engine's max length of 16"):
