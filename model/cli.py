@@ -211,6 +211,7 @@ def cmd_bench(args) -> int:
     import platform
 
     from .benchmark import bench_generation
+    from .budget import memory_budget
     from .environment import environment
     from .roofline import measure_copy_bandwidth
 
@@ -222,7 +223,8 @@ def cmd_bench(args) -> int:
     print(f"{args.model or DEFAULT_MODEL} on {name} ({model.backend} backend, torch {torch.__version__}, "
           f"triton {triton_version}); measured copy bandwidth {bandwidth / 1e9:.0f} GB/s; prompt {args.prompt_len} "
           f"tokens, {args.new_tokens} new tokens per sequence")
-    header = ("batch", "prefill tok/s", "TTFT s", "decode tok/s", "ms/step", "roof ms/step", "% of roof", "peak GB")
+    header = ("batch", "prefill tok/s", "TTFT s", "decode tok/s", "ms/step", "roof ms/step", "% of roof", "peak GB",
+              "budget GB")
     print(" | ".join(header))
     rows = []
     for batch in args.batch:
@@ -234,11 +236,13 @@ def cmd_bench(args) -> int:
             continue
         except ValueError as e:
             raise SystemExit(f"gpt-oss-triton: {e}") from None
-        rows.append(r.as_dict())
+        budget = memory_budget(model.config, batch, args.prompt_len + args.new_tokens,
+                               act_bytes=model.dtype.itemsize).total
+        rows.append(r.as_dict() | {"budget_bytes": budget})
         peak = f"{r.peak_memory_bytes / 1e9:.2f}" if r.peak_memory_bytes is not None else "-"
         print(f"{batch} | {r.prefill_tokens_per_s:.0f} | {r.prefill_s:.3f} | {r.decode_tokens_per_s:.1f} | "
               f"{r.decode_ms_per_step:.2f} | {1e3 * r.roof_decode_s / r.decode_steps:.2f} | "
-              f"{100 * r.roof_fraction:.1f}% | {peak}", flush=True)
+              f"{100 * r.roof_fraction:.1f}% | {peak} | {budget / 1e9:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({
             **environment(name), "model": args.model or DEFAULT_MODEL, "backend": model.backend,

@@ -12,6 +12,7 @@ GPU one CUDA-graph replay per step, its inputs written on the device (the sample
 graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream.
 """
 import itertools
+import secrets
 import threading
 import time
 from collections import deque
@@ -132,7 +133,8 @@ class Engine:
         self.check(prompt, params)
         req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token)
         req.stats.prompt_tokens = len(prompt)
-        req.seed = params.seed if params.seed is not None else torch.seed()
+        # A fresh seed from the OS: torch.seed() would reseed the user's global generator as a side effect.
+        req.seed = params.seed if params.seed is not None else secrets.randbits(63)
         with self._lock:
             self.waiting.append(req)
         return req

@@ -100,5 +100,7 @@ def test_bench_prints_and_writes_every_batch(tmp_path, capsys):
     assert [r["batch"] for r in record["results"]] == [1, 3]
     for r in record["results"]:
         assert r["decode_steps"] == 2 and r["prefill_tokens_per_s"] > 0 and 0 < r["roof_fraction"] < 1
+        assert r["peak_memory_bytes"] is None  # no CUDA peak on the CPU
+    assert record["results"][1]["budget_bytes"] > record["results"][0]["budget_bytes"]  # batch 3 over batch 1
     with pytest.raises(SystemExit):
         main(["bench", "--new-tokens", "1"])
