@@ -4,12 +4,13 @@ Requests wait in a queue; each `step()` admits waiting ones into free slots, the
 forward in which running requests decode a token and new ones prefill (at most `prefill_chunk` prompt
 tokens per step over all of them, so neither a 128K prompt nor 64 long ones need more activations than
 that), samples each request's next token with its own parameters and seed (all rows in a few launches),
-and frees the slots of finished ones. So requests that arrive together decode together, a new one joins at the
-next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
+and frees the slots of finished ones. So requests that arrive together decode together, a new one joins
+at the next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
 (with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
 that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
 GPU one CUDA-graph replay per step, its inputs written on the device (the sampled tokens go straight into the
-graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream.
+graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream; with
+the lookahead the next step is already queued by then, so that sync does not leave the GPU idle.
 """
 import itertools
 import secrets
@@ -155,13 +156,13 @@ class Engine:
                 self._launched = self._launch_decode(launched.rows)  # runs while `launched` is read back
             produced = self._collect(launched)
         else:
-            produced = self._step(t0)
+            produced = self._step()
             if produced is None:
                 return []
         self._account(time.perf_counter() - t0, produced)
         return produced
 
-    def _step(self, t0: float) -> list[tuple[Request, int]] | None:
+    def _step(self) -> list[tuple[Request, int]] | None:
         """A step with nothing launched ahead: packed prefill + decode, or a decode-only step (None: no work)."""
         # Running rows decode a token each; prompts then prefill in slot order, at most prefill_chunk tokens in
         # all, so a step's activations stay bounded however many long prompts arrive together.

@@ -94,7 +94,10 @@ def draw_tokens(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Te
 def sample(logits: torch.Tensor, params: SamplingParams, seed: int = 0, draws: torch.Tensor | None = None):
     """logits [R, V] -> tokens [R], every row with `params` and `seed`; row r is draw draws[r] (default: r)."""
     R, device = logits.shape[0], logits.device
-    full = lambda value, dtype: torch.full((R,), value, dtype=dtype, device=device)  # noqa: E731
+
+    def full(value, dtype):
+        return torch.full((R,), value, dtype=dtype, device=device)
+
     draws = draws if draws is not None else torch.arange(R, device=device)
     return draw_tokens(logits, full(params.temperature, torch.float32), full(seed, torch.int64), draws,
                        full(params.top_k, torch.int64) if params.filtered else None,
