@@ -25,14 +25,17 @@ def _tokenizer(model, tokenizer: Tokenizer | None) -> Tokenizer:
 
 
 class TextStream:
-    """Iterate for the new text as it comes; `stats` (GenerationStats) fills in as it runs."""
+    """Iterate for the new text as it comes (the stop token that ends it left out); `stats` (GenerationStats)
+    fills in as it runs."""
 
-    def __init__(self, tokenizer: Tokenizer, generation):
-        self._decoder, self._generation = StreamDecoder(tokenizer), generation
+    def __init__(self, tokenizer: Tokenizer, generation, stop_tokens: set[int]):
+        self._decoder, self._generation, self._stop = StreamDecoder(tokenizer), generation, stop_tokens
         self.stats = generation.stats
 
     def __iter__(self) -> Iterator[str]:
         for token in self._generation:
+            if token in self._stop:
+                continue
             text = self._decoder.feed(token)
             if text:
                 yield text
@@ -62,7 +65,8 @@ def stream_text(model, prompt: str, params: SamplingParams = SamplingParams(), *
                 tokenizer: Tokenizer | None = None) -> TextStream:
     """The continuation of `prompt`, streamed; it ends at `<|endoftext|>` or at the token limit."""
     tok = _tokenizer(model, tokenizer)
-    return TextStream(tok, generate(model, tok.encode(prompt), params, stop_tokens={tok.token_id("<|endoftext|>")}))
+    stop = {tok.token_id("<|endoftext|>")}
+    return TextStream(tok, generate(model, tok.encode(prompt), params, stop_tokens=stop), stop)
 
 
 def complete(model, prompt: str, params: SamplingParams = SamplingParams(), *,
