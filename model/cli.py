@@ -219,10 +219,10 @@ def cmd_bench(args) -> int:
     device = model.embedding.weight.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     bandwidth = measure_copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 27)
-    triton_version = __import__("triton").__version__
-    print(f"{args.model or DEFAULT_MODEL} on {name} ({model.backend} backend, torch {torch.__version__}, "
-          f"triton {triton_version}); measured copy bandwidth {bandwidth / 1e9:.0f} GB/s; prompt {args.prompt_len} "
-          f"tokens, {args.new_tokens} new tokens per sequence")
+    env = environment(name)
+    print(f"{args.model or DEFAULT_MODEL} on {name} ({model.backend} backend, torch {env['torch']}, "
+          f"triton {env['triton']}, commit {env['commit']}); measured copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+          f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens per sequence")
     header = ("batch", "prefill tok/s", "TTFT s", "decode tok/s", "ms/step", "roof ms/step", "% of roof", "peak GB",
               "budget GB")
     print(" | ".join(header))
@@ -245,7 +245,7 @@ def cmd_bench(args) -> int:
               f"{100 * r.roof_fraction:.1f}% | {peak} | {budget / 1e9:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({
-            **environment(name), "model": args.model or DEFAULT_MODEL, "backend": model.backend,
+            **env, "model": args.model or DEFAULT_MODEL, "backend": model.backend,
             "copy_bytes_per_s": bandwidth, "results": rows}, indent=1, allow_nan=False) + "\n")
     return 0
 

@@ -117,6 +117,7 @@ class SlotSampler:
         self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float32)
         self.top_k, self.seed, self.draws = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
         self.params: list[SamplingParams | None] = [None] * n_slots
+        self._ones = torch.ones(n_slots, dtype=torch.int64, device=device)  # a draw for each sampled row
 
     def assign(self, slot: int, params: SamplingParams, seed: int) -> None:
         self.temperature[slot] = params.temperature
@@ -129,12 +130,12 @@ class SlotSampler:
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """logits [B, V]; rows: the device index of `slots` -> tokens [len(slots)] int64."""
         params = [self.params[b] for b in slots]
-        picked = logits.index_select(0, rows)
-        if all(p.greedy for p in params):
-            tokens = picked.argmax(dim=-1)
+        if all(p.greedy for p in params):  # argmax first: selects B tokens instead of copying B rows of logits
+            tokens = logits.argmax(dim=-1).index_select(0, rows)
         else:
             filtered = any(p.filtered for p in params)
-            tokens = draw_tokens(picked, self.temperature[rows], self.seed[rows], self.draws[rows],
-                                 self.top_k[rows] if filtered else None, self.top_p[rows] if filtered else None)
-        self.draws.index_add_(0, rows, torch.ones_like(rows))
+            tokens = draw_tokens(logits.index_select(0, rows), self.temperature[rows], self.seed[rows],
+                                 self.draws[rows], self.top_k[rows] if filtered else None,
+                                 self.top_p[rows] if filtered else None)
+        self.draws.index_add_(0, rows, self._ones[:len(slots)])
         return tokens
