@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 from gpt_oss_triton.model import GptOssConfig
-from gpt_oss_triton.model.benchmark import bench_generation
+from gpt_oss_triton.model.runtime.benchmark import bench_generation
 from gpt_oss_triton.model.roofline import decode_bytes, forward_flops
 
 import engines

@@ -52,7 +52,7 @@ class OursEngine:
         return Step(setup, lambda: self.model(tokens, cache))
 
     def decode(self, batch: int, context: int) -> Step:
-        from gpt_oss_triton.model.decode_graph import DecodeGraph
+        from gpt_oss_triton.model.runtime.decode_graph import DecodeGraph
 
         tokens = random_tokens(self.config.vocab_size, batch, 1, self.device)
         cache = self.model.new_cache(batch, context + 1)

@@ -6,7 +6,7 @@ Adding Gumbel noise and taking the argmax draws v with probability softmax(logit
 greedy (no noise: the first maximal logit, as torch.argmax). The noise depends only on the row's seed, its draw
 counter and v, so a request's tokens do not depend on the rows it shares a batch with, and nothing is drawn
 from a global generator. Logits that top-k / top-p dropped arrive as -inf (`filter_logits` in
-model/sampling.py). On the GPU each row is split along V over programs (SPLIT logits each, so batch 1
+model/runtime/sampling.py). On the GPU each row is split along V over programs (SPLIT logits each, so batch 1
 still fills the GPU); a torch argmax over the splits' maxima finishes. The reference is the distribution itself:
 `kernels.reference.sampling_probs_ref`, which the tests compare the kernel's draws against.
 """

@@ -44,7 +44,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 
 def _sampling(args):
-    from .sampling import SamplingParams
+    from .runtime.sampling import SamplingParams
 
     try:
         return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -143,7 +143,7 @@ def _stats_line(stats, model) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .chat import stream_chat, stream_text
+    from .runtime.chat import stream_chat, stream_text
 
     params = _sampling(args)
     model, tok = _load(args)
@@ -170,7 +170,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import stream_chat
+    from .runtime.chat import stream_chat
 
     params = _sampling(args)
     model, tok = _load(args)
@@ -210,7 +210,7 @@ def cmd_bench(args) -> int:
     import json
     import platform
 
-    from .benchmark import bench_generation
+    from .runtime.benchmark import bench_generation
     from .budget import memory_budget
     from .environment import environment
     from .roofline import measure_copy_bandwidth

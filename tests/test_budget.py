@@ -71,8 +71,8 @@ def test_a_batch_that_does_not_fit_fails_before_allocating():
 def test_gpu_memory_stays_within_the_budget(preset, batch, context):
     """Weights as counted, and a whole engine run (full prefill chunks, CUDA-graph decode) within the budget."""
     from gpt_oss_triton.model import GptOss
-    from gpt_oss_triton.model.engine import Engine
-    from gpt_oss_triton.model.sampling import SamplingParams
+    from gpt_oss_triton.model.runtime.engine import Engine
+    from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()

@@ -1,11 +1,11 @@
-"""The text-in, text-out API (model/chat.py): the same tokens as generate(), decoded and parsed."""
+"""The text-in, text-out API (model/runtime/chat.py): the same tokens as generate(), decoded and parsed."""
 import pytest
 import torch
 
 from gpt_oss_triton.model import GptOss, harmony
-from gpt_oss_triton.model.chat import chat, complete, stream_chat, stream_text
-from gpt_oss_triton.model.generate import generate
-from gpt_oss_triton.model.sampling import SamplingParams
+from gpt_oss_triton.model.runtime.chat import chat, complete, stream_chat, stream_text
+from gpt_oss_triton.model.runtime.generate import generate
+from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 
@@ -53,8 +53,8 @@ def test_limits_before_any_work(model):
 
 
 def test_text_leaves_out_the_stop_token(model):
-    from gpt_oss_triton.model.chat import TextStream
-    from gpt_oss_triton.model.generate import Generation, GenerationStats
+    from gpt_oss_triton.model.runtime.chat import TextStream
+    from gpt_oss_triton.model.runtime.generate import Generation, GenerationStats
 
     tok = model.tokenizer
     eot = tok.token_id("<|endoftext|>")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import GptOss
-from gpt_oss_triton.model.decode_graph import DecodeGraph
-from gpt_oss_triton.model.engine import Engine
-from gpt_oss_triton.model.sampling import SamplingParams
+from gpt_oss_triton.model.runtime.decode_graph import DecodeGraph
+from gpt_oss_triton.model.runtime.engine import Engine
+from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
 torch.set_grad_enabled(False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import GptOss
-from gpt_oss_triton.model.engine import Engine
-from gpt_oss_triton.model.generate import generate
-from gpt_oss_triton.model.sampling import SamplingParams
+from gpt_oss_triton.model.runtime.engine import Engine
+from gpt_oss_triton.model.runtime.generate import generate
+from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
 PROMPTS = [[1, 2, 3], list(range(10, 30)), [7], list(range(40, 49))]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import GptOss
-from gpt_oss_triton.model.generate import SamplingParams, generate, sample
+from gpt_oss_triton.model.runtime.generate import SamplingParams, generate, sample
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import GptOss
-from gpt_oss_triton.model.engine import Engine
-from gpt_oss_triton.model.generate import generate
-from gpt_oss_triton.model.sampling import SamplingParams
+from gpt_oss_triton.model.runtime.engine import Engine
+from gpt_oss_triton.model.runtime.generate import generate
+from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
 torch.set_grad_enabled(False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,10 +31,10 @@ def test_same_parameters_as_the_reference(models):
     assert tri.backend == "triton" and ref.state_dict().keys() == tri.state_dict().keys()
 
 
-def test_golden_logits(shared_dir):
+def test_golden_logits(golden_dir):
     from safetensors.torch import load_file
-    golden = load_file(shared_dir / "golden/official_fp32.safetensors")
-    model = GptOss.from_pretrained(shared_dir / "golden/tiny_seed7/hf", backend="triton", device=DEVICE)
+    golden = load_file(golden_dir / "official_fp32.safetensors")
+    model = GptOss.from_pretrained(golden_dir / "tiny_seed7/hf", backend="triton", device=DEVICE)
     _close(model(golden["tokens"][None].to(DEVICE))[0].cpu(), golden["logits"], "golden prompt")
 
 
@@ -58,10 +58,19 @@ def test_prefill_and_every_decode_step_match(models):
 
 
 def test_greedy_generation_is_token_for_token(models):
+    """Greedy tokens equal the reference's past the window. The random tiny model's top two logits are often
+    within bf16 noise of each other, where two correct bf16 runs may pick either: this prompt is one whose
+    fp32 greedy path keeps a clear margin at every step, and the test first checks that it still does."""
     ref, tri = models
     params = SamplingParams(max_new_tokens=12, temperature=0.0)  # positions up to 21: past the window
-    prompt = list(range(100, 110))
-    assert list(generate(tri, prompt, params)) == list(generate(ref, prompt, params))
+    prompt = list(range(448, 458))
+    ref32 = GptOss.from_pretrained("tiny", backend="torch", dtype=torch.float32, device=DEVICE)
+    expected = list(generate(ref32, prompt, params))
+    logits = ref32(torch.tensor([prompt + expected[:-1]], device=DEVICE))[0, len(prompt) - 1:]
+    top2 = logits.topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 0.1, "the prompt no longer has a clear greedy path: pick another"
+    assert list(generate(ref, prompt, params)) == expected
+    assert list(generate(tri, prompt, params)) == expected
 
 
 def test_variable_length_batch_equals_each_prompt_alone(models):

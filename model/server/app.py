@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import harmony
-from ..engine import Engine
-from ..sampling import SamplingParams
+from ..runtime.engine import Engine
+from ..runtime.sampling import SamplingParams
 from ..tokenizer import Tokenizer
 from . import schemas
 from .assembly import ChatAssembler, Delta, TextAssembler

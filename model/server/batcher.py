@@ -13,8 +13,8 @@ import logging
 import threading
 from collections import Counter
 
-from ..engine import Engine, Request
-from ..sampling import SamplingParams
+from ..runtime.engine import Engine, Request
+from ..runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

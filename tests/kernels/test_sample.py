@@ -1,13 +1,13 @@
 """sample_tokens (Gumbel-max with counter-based noise) against the distribution it must draw from
 (kernels.reference.sample_tokens_ref), and the properties the engine relies on: greedy is torch.argmax,
 a (seed, draw) pair always gives the same token whatever else is in the batch, and top-k / top-p filtering
-(model/sampling.py) leaves exactly the reference's support."""
+(model/runtime/sampling.py) leaves exactly the reference's support."""
 import pytest
 import torch
 
 from gpt_oss_triton.kernels.reference import sample_tokens_ref
 from gpt_oss_triton.kernels.sample import _launch, sample_tokens
-from gpt_oss_triton.model.sampling import _sample_tokens_torch, draw_tokens, filter_logits
+from gpt_oss_triton.model.runtime.sampling import _sample_tokens_torch, draw_tokens, filter_logits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N = 4000  # draws per distribution: the total variation distance of the empirical counts is ~0.02 at this N

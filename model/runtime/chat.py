@@ -11,10 +11,10 @@ parameters, an empty prompt) is checked before any work starts.
 """
 from collections.abc import Iterator, Sequence
 
-from . import harmony
+from .. import harmony
 from .generate import generate
 from .sampling import SamplingParams
-from .tokenizer import StreamDecoder, Tokenizer
+from ..tokenizer import StreamDecoder, Tokenizer
 
 
 def _tokenizer(model, tokenizer: Tokenizer | None) -> Tokenizer:

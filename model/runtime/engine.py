@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .budget import check_fits, free_bytes
+from ..budget import check_fits, free_bytes
 from .decode_graph import DecodeGraph
 from .sampling import SamplingParams, SlotSampler
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels._interpreter import interpreting
-from ..kernels.sample import sample_tokens
+from ...kernels._interpreter import interpreting
+from ...kernels.sample import sample_tokens
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, draw) pairs over the generator's seeds
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .engine import Engine
-from .roofline import decode_bytes
+from ..roofline import decode_bytes
 from .sampling import SamplingParams
 
 
