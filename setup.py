@@ -1,5 +1,5 @@
 """One import package, ``gpt_oss_triton``, whose subpackages are the top-level folders."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SUBPACKAGES = ("kernels", "model", "loader")
 
@@ -8,9 +8,12 @@ setup(
     version="0.1.0",
     description="Hand-written Triton kernels and a single-GPU engine for OpenAI's gpt-oss-20b and gpt-oss-120b",
     python_requires=">=3.10",
-    packages=[f"gpt_oss_triton.{name}" for name in SUBPACKAGES] + ["gpt_oss_triton.model.server"],
+    # each folder and every package below it (model.runtime, model.server, ...)
+    packages=[f"gpt_oss_triton.{name}" for name in SUBPACKAGES]
+    + [f"gpt_oss_triton.{name}.{sub}" for name in SUBPACKAGES for sub in find_packages(where=name)],
     package_dir={f"gpt_oss_triton.{name}": name for name in SUBPACKAGES},
-    install_requires=["torch>=2.6", "triton>=3.2", "safetensors>=0.4", "tokenizers>=0.19"],
+    # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
+    install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
                  "httpx>=0.24"],

@@ -1,4 +1,6 @@
-"""Test setup shared by every test: Triton's interpreter on machines without a GPU, the shared data."""
+"""Test setup shared by every test: Triton's interpreter on machines without a GPU, the vendored test data."""
+import hashlib
+import lzma
 import os
 from pathlib import Path
 
@@ -9,7 +11,9 @@ if not torch.cuda.is_available():
     # Must be set before triton is first imported: kernels then run in Triton's interpreter on the CPU.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# OpenAI's outputs on a tiny checkpoint and the real tokenizer, copied into the repo (tests/data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
+O200K_SHA256 = "0614fe83cadab421296e664e1f48f4261fa8fef6e03e63bb75c20f38e37d07d3"
 
 
 def pytest_configure(config):
@@ -27,10 +31,25 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the shared golden data and tokenizer are not available")
-    return SHARED
+def golden_dir() -> Path:
+    """tests/data/golden: a missing file fails the tests that need it (never a skip)."""
+    golden = DATA / "golden"
+    if not (golden / "README.md").is_file():
+        pytest.fail(f"{golden} is missing: the golden data ships with the repo; restore it from git")
+    return golden
+
+
+@pytest.fixture(scope="session")
+def o200k_path(tmp_path_factory) -> Path:
+    """The real o200k_harmony tokenizer.json, decompressed once per session from tests/data (xz, 2.9 MB)."""
+    packed = DATA / "o200k_harmony" / "tokenizer.json.xz"
+    if not packed.is_file():
+        pytest.fail(f"{packed} is missing: the tokenizer ships with the repo; restore it from git")
+    raw = lzma.decompress(packed.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == O200K_SHA256, f"{packed} does not hold the o200k_harmony tokenizer"
+    path = tmp_path_factory.mktemp("o200k_harmony") / "tokenizer.json"
+    path.write_bytes(raw)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +58,10 @@ def device() -> str:
 
 
 @pytest.fixture(scope="session")
-def o200k(shared_dir):
+def o200k(o200k_path):
     """The real gpt-oss tokenizer (27 MB: loaded once per session)."""
     from gpt_oss_triton.model import Tokenizer
-    return Tokenizer.from_file(shared_dir / "o200k_harmony" / "tokenizer.json")
+    return Tokenizer.from_file(o200k_path)
 
 
 @pytest.fixture(scope="session")

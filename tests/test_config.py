@@ -32,8 +32,8 @@ def test_presets_are_the_released_shapes():
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_both_layouts_config_json(shared_dir, layout):
-    c = GptOssConfig.from_json(shared_dir / "golden/tiny_seed7" / layout / "config.json")
+def test_both_layouts_config_json(golden_dir, layout):
+    c = GptOssConfig.from_json(golden_dir / "tiny_seed7" / layout / "config.json")
     assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.num_experts, c.sliding_window) == (
         128, 4, 2, 8, 8)
     assert c.layer_types == ("sliding_attention", "full_attention") * 2

@@ -30,9 +30,9 @@ def test_preset_weights_equal_the_written_checkpoint(tmp_path):
     assert sb["block.0.attn.norm.scale"].dtype == torch.float32  # norms in fp32 whatever the model dtype
 
 
-def test_checkpoint_tokenizer_is_loaded(tmp_path, shared_dir):
+def test_checkpoint_tokenizer_is_loaded(tmp_path, o200k_path):
     path = make_checkpoint(tmp_path / "m", PRESETS["tiny"], layout="hf", seed=1)
-    shutil.copy(shared_dir / "o200k_harmony/tokenizer.json", path / "tokenizer.json")
+    shutil.copy(o200k_path, path / "tokenizer.json")
     model = GptOss.from_pretrained(path, device="cpu")
     assert isinstance(model.tokenizer, Tokenizer) and model.tokenizer.vocab_size == 200019
 

@@ -1,5 +1,5 @@
 """Harmony: render and parse against openai-harmony's own output (golden/harmony.json), and with the
-byte-level tokenizer, whose ids are the text's bytes, so these run without the shared data too."""
+byte-level tokenizer, whose ids are the text's bytes: the structure apart from the real vocabulary."""
 import datetime
 import json
 
@@ -27,8 +27,8 @@ def system(reasoning="medium", date=None):
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-    return json.loads((shared_dir / "golden" / "harmony.json").read_text())
+def golden(golden_dir):
+    return json.loads((golden_dir / "harmony.json").read_text())
 
 
 def test_render_matches_openai_harmony(o200k, golden):

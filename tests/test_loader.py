@@ -59,8 +59,8 @@ def test_files_are_real_safetensors_in_the_real_names(ckpts):
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ours.values())
 
 
-def test_golden_layouts_are_identical(shared_dir):
-    a, b = (load(shared_dir / "golden/tiny_seed7" / lay) for lay in ("hf", "original"))
+def test_golden_layouts_are_identical(golden_dir):
+    a, b = (load(golden_dir / "tiny_seed7" / lay) for lay in ("hf", "original"))
     assert (a.layout, b.layout) == ("hf", "original")
     for name, t in a.tensors.items():
         assert torch.equal(t, b.tensors[name]), name

@@ -9,14 +9,14 @@ torch.set_grad_enabled(False)
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-    return load_file(shared_dir / "golden/official_fp32.safetensors")
+def golden(golden_dir):
+    return load_file(golden_dir / "official_fp32.safetensors")
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_fp32_matches_the_official_reference(shared_dir, golden, layout):
+def test_fp32_matches_the_official_reference(golden_dir, golden, layout):
     """README of the golden data: fp32 within ~1e-4, and the same 8 greedy tokens, also through the KV cache."""
-    model = GptOss.from_pretrained(shared_dir / "golden/tiny_seed7" / layout, dtype=torch.float32, device="cpu")
+    model = GptOss.from_pretrained(golden_dir / "tiny_seed7" / layout, dtype=torch.float32, device="cpu")
     tokens = golden["tokens"][None]
     logits = model(tokens)[0]
     assert (logits - golden["logits"]).abs().max() < 1e-4
@@ -31,8 +31,8 @@ def test_fp32_matches_the_official_reference(shared_dir, golden, layout):
     assert generated == golden["generated"].tolist()
 
 
-def test_bf16_is_close_to_the_official_reference(shared_dir, golden):
-    model = GptOss.from_pretrained(shared_dir / "golden/tiny_seed7/hf", dtype=torch.bfloat16, device="cpu")
+def test_bf16_is_close_to_the_official_reference(golden_dir, golden):
+    model = GptOss.from_pretrained(golden_dir / "tiny_seed7/hf", dtype=torch.bfloat16, device="cpu")
     diff = (model(golden["tokens"][None])[0].float() - golden["logits"]).abs()
     assert diff.mean() < 0.1 and diff.max() < 1.5
 

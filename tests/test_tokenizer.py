@@ -1,4 +1,4 @@
-"""Tokenizer: o200k_harmony from the shared tokenizer.json, the byte-level stand-in, streaming detokenization."""
+"""Tokenizer: o200k_harmony from the vendored tokenizer.json, the byte-level stand-in, streaming detokenization."""
 import random
 import re
 
