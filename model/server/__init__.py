@@ -1,8 +1,10 @@
-"""An OpenAI-compatible HTTP server (`gpt-oss-triton serve`): chat and text completions, streamed or not.
+"""An OpenAI-compatible HTTP server (`gpt-oss-triton serve`).
 
-`app.create_app(model, tokenizer, ...)` builds the ASGI app (FastAPI, the optional `serve` extra);
-`batcher` runs the one engine thread every request shares; `assembly` turns token ids into the text
-a response carries (reasoning apart from the answer, stop strings); `schemas` holds the wire format
-and `errors` the OpenAI-style error bodies. Nothing is imported here, so the FastAPI-free parts load
-without the extra.
+One module per protocol over shared pieces: `chat_completions` (/v1/chat/completions) and `completions`
+(/v1/completions) mount their routes on the app that `app.create_app(model, tokenizer, ...)` builds
+(FastAPI, the optional `serve` extra). Shared: `generation` (a request's limits, submission, deltas and
+server-sent events), `batcher` (the one engine thread every request shares), `assembly` (token ids to the
+text a response carries: reasoning apart from the answer, stop strings), `schemas` (the wire format) and
+`errors` (OpenAI-style error bodies). Nothing is imported here, so the FastAPI-free parts load without
+the extra.
 """

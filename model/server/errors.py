@@ -1,4 +1,5 @@
-"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with a 4xx status."""
+"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with their status, and the app's handlers
+that turn every exception into one."""
 from __future__ import annotations
 
 
@@ -19,3 +20,25 @@ def sampling_param_name(message: str) -> str | None:
     wire = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
     found = [(message.find(name), field) for name, field in wire.items() if name in message]
     return min(found)[1] if found else None
+
+
+def server_error(e: Exception) -> APIError:
+    return APIError(500, f"generation failed: {e}", type="server_error")
+
+
+def install_error_handlers(app) -> None:
+    """Every error, FastAPI's own 404/405 included, as an OpenAI error object."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, e: StarletteHTTPException):
+        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, e: Exception):
+        return JSONResponse(server_error(e).body(), status_code=500)
