@@ -192,7 +192,7 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, client):
     _error(post({**ok, "model": "gpt-5"}), 404, "model", "model_not_found")
     _error(post({k: v for k, v in ok.items() if k != "messages"}), 400, "messages")
     _error(post({**ok, "messages": []}), 400, "messages")
-    assert "unknown role" in _error(post({**ok, "messages": [{"role": "tool", "content": "x"}]}), 400,
+    assert "unknown role" in _error(post({**ok, "messages": [{"role": "robot", "content": "x"}]}), 400,
                                     "messages")["message"]
     _error(post({**ok, "messages": [{"role": "user", "content": "x" * 200}]}), 400, "messages",
            "context_length_exceeded")
