@@ -2,6 +2,7 @@
 byte-level tokenizer, whose ids are the text's bytes: the structure apart from the real vocabulary."""
 import datetime
 import json
+import lzma
 
 import pytest
 import tokenizers
@@ -228,6 +229,16 @@ def test_render_tools_matches_openai_harmony(o200k, golden_tools):
         ids = harmony.render(o200k, case["messages"], tools=case["tools"], **case["system"])
         assert o200k.decode(ids) == case["text"], case["name"]
         assert ids == case["ids"], case["name"]
+
+
+def test_render_fuzzed_tools_match_openai_harmony(o200k, golden_dir):
+    """500 random tool lists (JSON Schemas with nesting, oneOf, enums, defaults, titles, examples, nullable,
+    odd descriptions) and agent-loop conversations, rendered by openai-harmony (make_harmony_tools_fuzz.py)."""
+    cases = json.loads(lzma.decompress((golden_dir / "harmony_tools_fuzz.json.xz").read_bytes()))["render"]
+    assert len(cases) == 500
+    for case in cases:
+        ids = harmony.render(o200k, case["messages"], tools=case["tools"], **case["system"])
+        assert ids == case["ids"], (case["name"], o200k.decode(ids), o200k.decode(case["ids"]))
 
 
 def test_parse_tool_calls_matches_openai_harmony(o200k, golden_tools):
