@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -51,9 +51,39 @@ class _Launched:
 
 
 def _needs_more(rows) -> bool:
-    """Whether a step after the one in flight can be of use: some request is not at its token limit by then
-    (the tokens of the step in flight are not in `req.tokens` yet)."""
-    return any(len(req.tokens) + 1 < req.params.max_new_tokens for _, req in rows)
+    """Whether a step after the one in flight can be of use and may run before its tokens are read: some
+    request is not at its token limit by then (the tokens of the step in flight are not in `req.tokens` yet),
+    and none has a constraint (its next mask needs those tokens)."""
+    return (any(len(req.tokens) + 1 < req.params.max_new_tokens for _, req in rows)
+            and all(req.constraint is None for _, req in rows))
+
+
+class TokenConstraint(Protocol):
+    """A request's rule on which token may come next (a forced tool-call name, a JSON grammar), one per request.
+
+    Before sampling each of the request's tokens the engine calls `allowed_tokens()`: a bool tensor [n] (on any
+    device) whose True entries are the ids that may come next (ids >= n may not; at least one must be True), or
+    None to leave this token free. The other logits of the request's row become -inf, so greedy and random
+    sampling, top-k and top-p all pick among the allowed ids. After sampling, `advance(token)` gets the token
+    chosen (a free one too) before the next `allowed_tokens()`. Both run on the engine's thread. A request with
+    a constraint is never decoded ahead (no lookahead step), as its next mask needs the token before.
+    """
+
+    def allowed_tokens(self) -> "torch.Tensor | None": ...
+
+    def advance(self, token: int) -> None: ...
+
+
+def _constrain(logits: torch.Tensor, rows) -> None:
+    """Sets to -inf, in place, the logits [slots, V] that the constraints of `rows` ((slot, request) pairs) rule
+    out for their next token."""
+    for b, req in rows:
+        allowed = req.constraint.allowed_tokens() if req.constraint is not None else None
+        if allowed is not None:
+            keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            n = min(allowed.shape[0], keep.shape[0])
+            keep[:n] = allowed[:n]
+            logits[b].masked_fill_(~keep, float("-inf"))
 
 
 @dataclass(eq=False)
@@ -69,6 +99,7 @@ class Request:
     prefilled: int = 0
     cancelled: bool = False
     seed: int = 0  # with the count of tokens drawn, picks the sampling noise (see sampling.py)
+    constraint: TokenConstraint | None = None
 
     @property
     def finished(self) -> bool:
@@ -129,10 +160,12 @@ class Engine:
         check_request(self.model.config, self.max_len, prompt, params)
 
     def submit(self, prompt: Iterable[int], params: SamplingParams = SamplingParams(),
-               stop_tokens: Iterable[int] = (), on_token: Callable | None = None) -> Request:
+               stop_tokens: Iterable[int] = (), on_token: Callable | None = None,
+               constraint: TokenConstraint | None = None) -> Request:
         prompt = [int(t) for t in prompt]
         self.check(prompt, params)
-        req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token)
+        req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token,
+                      constraint=constraint)
         req.stats.prompt_tokens = len(prompt)
         # A fresh seed from the OS: torch.seed() would reseed the user's global generator as a side effect.
         req.seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -190,6 +223,7 @@ class Engine:
         if not ready:
             return []
         rows = self._index(tuple(b for b, _ in ready))
+        _constrain(logits, ready)
         nxt = self.sampler(logits, rows, [b for b, _ in ready])
         if self.decoder is not None:  # the next decode step's input, written without leaving the device
             self.decoder.tokens.index_copy_(0, rows, nxt)
@@ -204,6 +238,7 @@ class Engine:
         """Queue a decode step of `rows` and the sampling of their next tokens; nothing waits for the device.
         Their inputs are already in the graph's token buffer (written when they were sampled)."""
         logits = self._decode([b for b, _ in rows])
+        _constrain(logits, rows)
         index = self._index(tuple(b for b, _ in rows))
         nxt = self.sampler(logits, index, [b for b, _ in rows])
         self.decoder.tokens.index_copy_(0, index, nxt)
@@ -234,6 +269,8 @@ class Engine:
         for req, token in produced:
             req.tokens.append(token)
             req.stats.new_tokens += 1
+            if req.constraint is not None:
+                req.constraint.advance(token)
             if token in req.stop_tokens:
                 self._finish(req, "stop")
             elif len(req.tokens) >= req.params.max_new_tokens:
