@@ -16,7 +16,7 @@ setup(
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24"],
+                 "httpx>=0.24", "openai-agents>=0.2"],
         "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
         "plot": ["matplotlib>=3.7"],
     },
