@@ -145,10 +145,12 @@ class ReplyAssembler:
         self._tokenizer = tokenizer
         self._parser = harmony.StreamParser(tokenizer)
         self._start, self._ends = tokenizer.token_id("<|start|>"), harmony.stop_tokens(tokenizer)
+        self._call = tokenizer.token_id("<|call|>")
         self._parallel = parallel_calls
         self.calls: list[dict] = []  # the tool calls so far, their arguments as streamed
         self.reasoning_tokens = 0  # ids read inside analysis messages
-        self.stopped = False  # the reply ended before the generation did (after a call)
+        self.stopped = False  # the reply ended before the generation did (at or after a call)
+        self._stop_reason = "tool_calls"
         self._open: dict | None = None  # the header of the message being read
         self._done: list[dict] = []  # the reply's finished messages, each call as a `tool_calls` message
         self._after_call: list[int] | None = None  # after a call (parallel): the ids since, until decided
@@ -184,9 +186,9 @@ class ReplyAssembler:
 
     def finish_reason(self, engine_reason: str) -> str:
         """The reply's finish reason given the engine's ("stop" or "length"): "tool_calls" if it ended with calls."""
-        if self.stopped or self._after_call is not None:
-            return "tool_calls"
-        return engine_reason
+        if self.stopped:
+            return self._stop_reason
+        return "tool_calls" if self._after_call is not None else engine_reason
 
     def messages(self) -> list[dict]:
         """The reply as messages to append to the conversation: harmony's text messages (`role`, `channel`,
@@ -217,6 +219,8 @@ class ReplyAssembler:
                 self._after_call = [token] if token == self._start else []
             else:
                 self.stopped = True
+        elif token == self._call:  # <|call|> after text ends the turn all the same
+            self.stopped, self._stop_reason = True, "stop"
 
     def _message(self, parsed: dict) -> dict:
         if "recipient" in parsed:  # the last call opened is the one that ended

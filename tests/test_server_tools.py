@@ -37,6 +37,8 @@ def script(context: str) -> str:
         return f"<|channel|>final<|message|>The tools said: {'; '.join(results)}.<|return|>"
     if "parallel" in turn:
         return THINK + PARALLEL
+    if "broken" in turn:
+        return HEADER.format("get_weather") + '{"city": Paris<|call|>'
     if "weather" in turn.lower():
         return THINK + "<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant" + CALL
     if "hello" in turn.lower():
@@ -108,6 +110,12 @@ def test_a_tool_call_in_openai_shapes(client):
     assert (streamed["content"], streamed["reasoning"], streamed["finish"]) == ("Checking.", "Need the weather.",
                                                                                "tool_calls")
     assert [(c["name"], c["arguments"]) for c in streamed["calls"]] == [("get_weather", '{"city": "Paris"}')]
+
+
+def test_arguments_that_are_not_json_come_back_as_written(client):
+    (call,) = _chat(client, "weather, broken").choices[0].message.tool_calls
+    assert call.function.arguments == '{"city": Paris'
+    assert _joined(_chat(client, "weather, broken", stream=True))["calls"][0]["arguments"] == '{"city": Paris'
 
 
 def test_parallel_calls_when_asked_for(client):

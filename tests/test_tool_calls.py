@@ -113,6 +113,9 @@ def test_reply_parallel_calls_and_what_ends_them(byte_level):
         assert reply.messages() == [{"role": "assistant", "content": None, "tool_calls": reply.calls}]
         early, _ = _assemble(byte_level, text[:text.index(after)] + decided_at, parallel_calls=True)
         assert early.stopped, after
+    # <|call|> ends the turn even after text (the engine no longer stops there with parallel calls).
+    reply, _ = _assemble(byte_level, "<|channel|>final<|message|>Hi<|call|><|start|>assistant", parallel_calls=True)
+    assert reply.stopped and reply.finish_reason("stop") == "stop" and reply.messages()[-1]["content"] == "Hi"
     # Cut by the token limit while deciding: still a tool-call reply.
     reply, _ = _assemble(byte_level, CALL + "<|start|>assi", parallel_calls=True)
     assert not reply.stopped and reply.finish_reason("length") == "tool_calls"
