@@ -202,9 +202,10 @@ def test_bad_tools_get_a_400_naming_the_field(url, change, param, message):
     assert re.search(message, error["message"]), error["message"]
 
 
-# Open WebUI 0.12.4 with its defaults: native function calling, its built-in tools (specs made from Python
-# signatures by pydantic, Optional[...] cleaned to the plain type, titles kept), streamed replies; then the
-# follow-up with the tool's result (assistant content "" beside tool_calls), and its non-streamed tag task.
+# Open WebUI 0.12.4 with its defaults: native function calling, its built-in tools (specs made from the Python
+# signatures by pydantic and LangChain's convert_to_openai_function: no titles, Optional[...] cleaned to the
+# plain type, reST :param lines as descriptions), streamed replies; then the follow-up with the tool's result
+# (assistant content "" beside tool_calls), and its non-streamed title/tags task.
 OPEN_WEBUI_TOOLS = [
     {"type": "function", "function": {"name": "get_current_timestamp",
                                       "description": "Get the current Unix timestamp in seconds.",
@@ -216,21 +217,19 @@ OPEN_WEBUI_TOOLS = [
                        'Examples: "last week" = weeks_ago=1, "3 days ago" = days_ago=3, "a year ago" = years_ago=1',
         "parameters": {"properties": {
             "days_ago": {"default": 0, "description": "Number of days to subtract from current time (default: 0)",
-                         "title": "Days Ago", "type": "integer"},
+                         "type": "integer"},
             "weeks_ago": {"default": 0, "description": "Number of weeks to subtract from current time (default: 0)",
-                          "title": "Weeks Ago", "type": "integer"}}, "type": "object"}}},
+                          "type": "integer"}}, "type": "object"}}},
     {"type": "function", "function": {
         "name": "search_chats", "description": "Search the user's previous chats by title and content.",
         "parameters": {"properties": {
-            "query": {"description": "The search query", "title": "Query", "type": "string"},
-            "count": {"default": 5, "description": "Maximum number of results", "title": "Count", "type": "integer"},
-            "start_timestamp": {"description": "Only chats updated after this time", "title": "Start Timestamp",
-                                "type": "integer"}},
+            "query": {"description": "The search query", "type": "string"},
+            "count": {"default": 5, "description": "Maximum number of results", "type": "integer"},
+            "start_timestamp": {"description": "Only chats updated after this time", "type": "integer"}},
             "required": ["query"], "type": "object"}}},
     {"type": "function", "function": {
         "name": "view_chat", "description": "Get the full message history of a chat.",
-        "parameters": {"properties": {"chat_id": {"description": "The chat's id", "title": "Chat Id",
-                                                  "type": "string"}},
+        "parameters": {"properties": {"chat_id": {"description": "The chat's id", "type": "string"}},
                        "required": ["chat_id"], "type": "object"}}},
 ]
 
