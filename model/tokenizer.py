@@ -9,6 +9,7 @@ split across tokens.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import threading
 from collections.abc import Iterable
@@ -85,6 +86,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """At least the bytes any one token stands for (a special token: the length of its text), so a text
+        of n UTF-8 bytes has at least n / max_token_bytes tokens. An upper bound, cheap to find: a vocabulary
+        entry's byte-level characters take one or two UTF-8 bytes each."""
+        return max(len(token.encode()) for token in self._tokenizer.get_vocab(with_added_tokens=True))
 
     def encode(self, text: str, *, specials: bool = True) -> list[int]:
         """Ids of `text`, nothing added. Special tokens written in it ("<|start|>") become their ids unless

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from .. import harmony
 from . import schemas
 from .assembly import ChatAssembler
-from .errors import APIError
-from .generation import EventStream, Generation, ServerContext, read_json
+from .body import read_json
+from .generation import EventStream, Generation, ServerContext
 
 
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
@@ -17,21 +17,18 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
 
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request, ctx.max_body_bytes))
+        body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request))
         ctx.check_model(body)
-        try:
-            prompt = harmony.render(ctx.tokenizer, body.messages, reasoning=body.reasoning_effort or "medium")
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
+        prompt = await ctx.tokenize("messages", body.messages, harmony.render, ctx.tokenizer, body.messages,
+                                    reasoning=body.reasoning_effort or "medium")
         assembler = ChatAssembler(ctx.tokenizer, body.stop_strings())
-        # No default limit: the reply may use the context left.
-        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens, None, stops,
-                        assembler)
+        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens,
+                        ctx.default_max_tokens, stops, assembler)
         reply_id = schemas.new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventStream(gen, _events(gen, reply_id, ctx.model_name, include_usage))
-        content, reasoning, finish = await gen.collect()
+        content, reasoning, finish = await gen.collect(request)
         return schemas.chat_completion(reply_id, ctx.model_name, schemas.chat_message(content, reasoning), finish,
                                        gen.usage())
 
