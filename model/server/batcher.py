@@ -108,7 +108,10 @@ class EngineWorker:
         the queue is full (429) or the server is shutting down (503)."""
         if self._closed:
             raise shutting_down()
-        if self.max_queue is not None and self.queued() >= self.max_queue:
+        # Requests that arrive while a step runs wait for the next one even when slots are free: those
+        # will be admitted then, so only the excess over the free slots counts against the queue.
+        free = len(self.engine.slots) - self.running()
+        if self.max_queue is not None and self.queued() - free >= self.max_queue:
             raise APIError(429, f"the server is busy: {self.max_queue} requests are already waiting for one of "
                                 f"its {len(self.engine.slots)} slots; retry shortly", type="server_error",
                            code="queue_full", headers={"Retry-After": "1"})

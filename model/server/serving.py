@@ -35,8 +35,8 @@ def _raw_error(status: int, reason: str, error: APIError) -> bytes:
 
 
 class Protocol(H11Protocol):
-    """uvicorn's h11 protocol, with two changes: its 400 for a request that is no valid HTTP (or whose head
-    exceeds h11's 16 KiB) is an OpenAI error object, and a request head must be complete within
+    """uvicorn's h11 protocol, with two changes: its 400 for a request that is no valid HTTP (or whose
+    unfinished head outgrows h11's 16 KiB buffer) is an OpenAI error object, and a request head must be complete within
     `header_timeout` seconds of the connection's start or of its previous response (else a 408 if part of
     it came, and the connection is closed). uvicorn's keep-alive timeout still closes idle connections
     sooner."""
@@ -84,7 +84,7 @@ class Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_raw_error(400, "Bad Request", APIError(
-            400, "the request is not valid HTTP/1.1 (a malformed request line or header, or a head over 16 KiB)",
+            400, "the request is not valid HTTP/1.1 (a malformed request line or header, or too long a head)",
             code="invalid_http")))
         self.transport.close()
 
