@@ -89,10 +89,15 @@ class Tokenizer:
 
     @functools.cached_property
     def max_token_bytes(self) -> int:
-        """At least the bytes any one token stands for (a special token: the length of its text), so a text
-        of n UTF-8 bytes has at least n / max_token_bytes tokens. An upper bound, cheap to find: a vocabulary
-        entry's byte-level characters take one or two UTF-8 bytes each."""
-        return max(len(token.encode()) for token in self._tokenizer.get_vocab(with_added_tokens=True))
+        """The most bytes one token stands for (a special token: its text's), so a text of n UTF-8 bytes has
+        at least n / max_token_bytes tokens. Found once, from the vocabulary (0.2 s for o200k)."""
+        vocab = self._tokenizer.get_vocab(with_added_tokens=False)
+        if set("".join(vocab)) <= _CHAR_TO_BYTE.keys():  # all in the byte-level alphabet: a character per byte
+            regular = max(map(len, vocab), default=0)
+        else:
+            regular = max(len(self.token_bytes(i)) for i in vocab.values())
+        added = max((len(t.content.encode()) for t in self._tokenizer.get_added_tokens_decoder().values()), default=0)
+        return max(regular, added)
 
     def encode(self, text: str, *, specials: bool = True) -> list[int]:
         """Ids of `text`, nothing added. Special tokens written in it ("<|start|>") become their ids unless

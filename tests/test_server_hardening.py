@@ -151,6 +151,15 @@ def test_malformed_bodies_get_400s(url):
     assert _stats(url)["active"] == 0
 
 
+def test_a_prompt_too_long_for_the_context_is_refused_before_tokenising(url):
+    # The byte-level tokenizer's longest token is a 19-character special: this many bytes cannot fit.
+    response = httpx.post(f"{url}/v1/completions", json={**LONG, "prompt": "x" * (19 * MAX_LEN)}, timeout=TIMEOUT)
+    assert "bytes of text make at least" in _error(response, 400, "prompt", "context_length_exceeded")
+    chat = {**CHAT, "messages": [{"role": "user", "content": "é" * (19 * MAX_LEN // 2)}]}
+    response = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=TIMEOUT)
+    assert "bytes of text make at least" in _error(response, 400, "messages", "context_length_exceeded")
+
+
 def test_http_layer_errors_are_openai_errors(url):
     chat = f"{url}/v1/chat/completions"
     _error(httpx.get(f"{url}/v1/nothing", timeout=TIMEOUT), 404)

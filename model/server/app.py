@@ -51,7 +51,7 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "gpt-oss", api_
         ("gpt_oss_running_requests", "Requests in the running batch", worker.running),
         ("gpt_oss_batch_slots", "Slots of the running batch (--max-batch)", lambda: max_batch)]
     ctx = ServerContext(worker, tokenizer, model_name, created=int(time.time()),
-                        default_max_tokens=default_max_tokens)
+                        default_max_tokens=default_max_tokens, max_token_bytes=tokenizer.max_token_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

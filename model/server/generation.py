@@ -30,6 +30,7 @@ class ServerContext:
     model_name: str
     created: int
     default_max_tokens: int  # for a chat request that sets no limit, rather than all the context left
+    max_token_bytes: int  # the tokenizer's: found at startup, as it takes a scan of the vocabulary
 
     def check_model(self, body: schemas.GenerationRequest) -> None:
         if body.model != self.model_name:
@@ -44,7 +45,7 @@ class ServerContext:
         tokenising them."""
         def run() -> list[int]:
             size = sum(len(s.encode()) for _, s in strings(text))
-            least = size // self.tokenizer.max_token_bytes
+            least = size // self.max_token_bytes
             if least >= self.worker.engine.max_len:
                 raise APIError(400, f"{param}: {size} bytes of text make at least {least} tokens, more than this "
                                     f"server's context of {self.worker.engine.max_len} tokens",

@@ -7,6 +7,7 @@ are read when scraped.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Callable, Iterable
@@ -60,7 +61,7 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         with self._lock:
-            self._counts[next(i for i, le in enumerate(self.buckets) if value <= le)] += 1
+            self._counts[bisect.bisect_left(self.buckets, value)] += 1  # the first bucket with value <= le
             self._sum += value
 
     def lines(self) -> list[str]:
