@@ -300,10 +300,10 @@ def cmd_serve(args) -> int:
                          docs=args.docs)
     except ValueError as e:
         raise SystemExit(f"gpt-oss-triton: {e}") from None
-    serving.server(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
-                   read_timeout=args.read_timeout,
-                   on_listening=lambda url: print(f"gpt-oss-triton: serving {name!r} on {url}/v1", file=sys.stderr,
-                                                  flush=True)).run()
+    serving.run(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
+                read_timeout=args.read_timeout,
+                on_listening=lambda url: print(f"gpt-oss-triton: serving {name!r} on {url}/v1", file=sys.stderr,
+                                               flush=True))
     return 0
 
 

@@ -107,7 +107,9 @@ class Tokenizer:
         with self._lock:
             self._tokenizer.encode_special_tokens = not specials
             try:
-                return self._tokenizer.encode(text, add_special_tokens=False).ids
+                # encode_batch releases the GIL (encode holds it), so other threads run meanwhile: the
+                # server tokenises long prompts on a thread pool while its event loop goes on.
+                return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
             finally:
                 self._tokenizer.encode_special_tokens = False
 

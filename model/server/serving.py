@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -157,3 +158,12 @@ def server(app, *, host: str, port: int, shutdown_timeout: float, read_timeout: 
                             log_level=log_level, timeout_graceful_shutdown=int(shutdown_timeout + 2 * END_GRACE))
     return Server(config, shutdown_timeout=shutdown_timeout, end_requests=app.state.worker.close,
                   on_listening=on_listening)
+
+
+def run(app, **kwargs) -> None:
+    """Serves `app` until a signal stops it (kwargs as for `server`). Everything loaded so far (the model, the
+    libraries, the tokenizer) is first moved out of the garbage collector's sight (`gc.freeze`): else the
+    first full collection, which a large request sets off, walks all of it while holding the GIL, a pause of
+    about a second for every connection (measured with o200k on the tiny model)."""
+    gc.freeze()
+    server(app, **kwargs).run()
