@@ -16,13 +16,13 @@ import httpx
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from test_server import TIMEOUT, _stats, _wait_for
 
 from gpt_oss_triton.model import GptOss, harmony
 from gpt_oss_triton.model.server import serving
 from gpt_oss_triton.model.server.app import create_app
 from gpt_oss_triton.model.server.body import MAX_DEPTH
 
-TIMEOUT = 60  # seconds, for any one request or wait: generous, as the CPU is shared
 MAX_LEN = 1024
 BODY_LIMIT = 128 * 1024
 READ_TIMEOUT = 2.0  # for request heads and bodies
@@ -66,18 +66,6 @@ def url(model):
                      allowed_hosts=["gpt.example"])
     with running(app) as (base, _):
         yield base
-
-
-def _stats(url) -> dict:
-    return httpx.get(f"{url}/v1/stats", timeout=TIMEOUT).json()
-
-
-def _wait_for(url, condition) -> dict:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition(stats := _stats(url)):
-        assert time.monotonic() < deadline, f"timed out; stats: {stats}"
-        time.sleep(0.02)
-    return stats
 
 
 def _error(response: httpx.Response, status: int, param=None, code=None, type="invalid_request_error") -> str:
@@ -345,23 +333,28 @@ def _events(stream):
             yield line.removeprefix("data: ")
 
 
-def test_shutdown_lets_requests_finish_then_ends_streams(model):
+def test_shutdown_lets_requests_finish_then_ends_the_rest(model):
     app = create_app(model, model.tokenizer, model_name="tiny", max_batch=4, max_len=4096)
     body = {**LONG, "max_tokens": 4000, "stream": True}  # far from done when the shutdown timeout ends them
+    replies = {}
+
+    def post(name: str, max_tokens: int):
+        response = httpx.post(f"{base}/v1/completions", json={**LONG, "max_tokens": max_tokens}, timeout=TIMEOUT)
+        replies[name] = response
+
     with running(app, shutdown_timeout=2.0) as (base, server), contextlib.ExitStack() as stack:
         streams = [_events(stack.enter_context(httpx.stream("POST", f"{base}/v1/completions", json=body,
                                                             timeout=TIMEOUT))) for _ in range(2)]
         for events in streams:
             assert json.loads(next(events))["object"] == "text_completion"
-        short = {}
-        thread = threading.Thread(target=lambda: short.update(httpx.post(
-            f"{base}/v1/completions", json={**LONG, "max_tokens": 2}, timeout=TIMEOUT).json()))
-        thread.start()
-        _wait_for(base, lambda stats: stats["active"] == 3 or stats["finished"].get("length", 0))
+        threads = [threading.Thread(target=post, args=args) for args in (("short", 2), ("long", 4000))]
+        for thread in threads:
+            thread.start()
+        _wait_for(base, lambda stats: stats["active"] + stats["finished"].get("length", 0) == 4)
         server.handle_exit(signal.SIGTERM, None)
         # Requests in flight go on: the short one finishes, the streams still get tokens.
-        thread.join(TIMEOUT)
-        assert short["choices"][0]["finish_reason"] == "length"
+        threads[0].join(TIMEOUT)
+        assert replies["short"].json()["choices"][0]["finish_reason"] == "length"
         for events in streams:
             assert "choices" in json.loads(next(events))
         deadline = time.monotonic() + TIMEOUT
@@ -372,11 +365,13 @@ def test_shutdown_lets_requests_finish_then_ends_streams(model):
                 break
             assert time.monotonic() < deadline, "the server still accepts connections"
             time.sleep(0.02)
-        # After the timeout each stream ends with an error event, then [DONE].
+        # After the timeout each stream ends with an error event, then [DONE]; the other request gets a 503.
         for events in streams:
             rest = list(events)
             assert rest[-1] == "[DONE]"
             assert json.loads(rest[-2])["error"]["code"] == "server_shutting_down"
+        threads[1].join(TIMEOUT)
+        _error(replies["long"], 503, code="server_shutting_down", type="server_error")
     assert not server.thread.is_alive()
 
 

@@ -7,6 +7,6 @@ deltas and server-sent events), `batcher` (the one engine thread every request s
 ids to the text a response carries: reasoning apart from the answer, stop strings), `schemas` (the wire
 format), `body` (request bodies parsed and checked off the event loop), `security` (the checks every
 request passes first: Host, Content-Type, body size and time), `metrics` (Prometheus) and `errors`
-(OpenAI-style error bodies). `serving` runs the app under uvicorn with a graceful shutdown. Nothing is imported here, so the FastAPI-free parts load without
-the extra.
+(OpenAI-style error bodies). `serving` runs the app under uvicorn with a graceful shutdown. Nothing is
+imported here, so the FastAPI-free parts load without the extra.
 """

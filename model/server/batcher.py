@@ -159,7 +159,7 @@ class EngineWorker:
                 self.engine.step()
             except Exception as e:  # keep serving: fail the requests in flight, not the server
                 log.exception("engine step failed")
-                self._fail_all(lambda: e)
+                self._fail_all(lambda error=e: error)
             else:
                 if self.engine.steps != steps:  # a forward ran (not just cancelled requests dropped)
                     self.metrics.step_time.observe(time.perf_counter() - start)
