@@ -15,9 +15,10 @@ setup(
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24", "openai-agents>=0.2"],
-        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.30", "h11>=0.14",
+                 "starlette>=0.27", "openai>=1.0", "httpx>=0.24", "prometheus-client>=0.17", "openai-agents>=0.2"],
+        # the server imports h11 and starlette itself (its HTTP protocol, middleware), not only through uvicorn/FastAPI
+        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.30", "h11>=0.14", "starlette>=0.27"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-oss-triton=gpt_oss_triton.model.cli:main"]},

@@ -17,6 +17,20 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def _non_negative_float(s: str) -> float:
+    v = float(s)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def _at_least_2(s: str) -> int:
     v = int(s)
     if v < 2:
@@ -89,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=_positive_int, default=8, help="requests decoded together")
     s.add_argument("--max-len", type=_positive_int, default=4096, help="tokens per request, prompt included")
     s.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="largest request body accepted")
+    s.add_argument("--max-queue", type=_positive_int, default=256,
+                   help="requests that may wait for a slot; more get a 429 with Retry-After")
+    s.add_argument("--default-max-tokens", type=_positive_int, default=4096,
+                   help="a chat reply's token limit (reasoning included) when the request sets none")
+    s.add_argument("--read-timeout", type=_positive_float, default=30.0,
+                   help="seconds a client has to send a request's headers, and then its body")
+    s.add_argument("--shutdown-timeout", type=_non_negative_float, default=30.0,
+                   help="on SIGTERM or SIGINT, seconds the requests in flight have to finish before they are "
+                        "ended with an error (a second signal ends them at once)")
+    s.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
+                   help="Host header names to answer besides loopback names, IP addresses and --host (a check "
+                        "against DNS rebinding); '*' answers any")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. http://localhost:3000) whose pages may call the API; repeatable. "
+                        "Default: none")
+    s.add_argument("--docs", action="store_true",
+                   help="serve /docs, /redoc and /openapi.json (behind --api-key when it is set)")
 
     m = sub.add_parser("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
     m.add_argument("out", type=Path)
@@ -255,8 +286,9 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the extra's own name, even when `serving` was imported before)
 
+        from .server import serving
         from .server.app import create_app
     except ImportError as e:
         raise SystemExit(f"gpt-oss-triton: serve needs the 'serve' extra ({e.name} is missing): "
@@ -265,11 +297,16 @@ def cmd_serve(args) -> int:
     name = args.model_name or (Path(args.model).name if args.model else DEFAULT_MODEL)
     try:
         app = create_app(model, tok, model_name=name, api_key=args.api_key, max_batch=args.max_batch,
-                         max_len=args.max_len, max_body_bytes=args.max_body_bytes)
+                         max_len=args.max_len, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                         default_max_tokens=args.default_max_tokens, read_timeout=args.read_timeout,
+                         allowed_hosts=[args.host, *args.allowed_hosts], cors_origins=args.cors_origin,
+                         docs=args.docs)
     except ValueError as e:
         raise SystemExit(f"gpt-oss-triton: {e}") from None
-    print(f"gpt-oss-triton: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port)
+    serving.run(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
+                read_timeout=args.read_timeout,
+                on_listening=lambda url: print(f"gpt-oss-triton: serving {name!r} on {url}/v1", file=sys.stderr,
+                                               flush=True))
     return 0
 
 

@@ -9,6 +9,7 @@ split across tokens.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import threading
 from collections.abc import Iterable
@@ -87,6 +88,18 @@ class Tokenizer:
         """Number of ids, special tokens included."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes one token stands for (a special token: its text's), so a text of n UTF-8 bytes has
+        at least n / max_token_bytes tokens. Found once, from the vocabulary (0.2 s for o200k)."""
+        vocab = self._tokenizer.get_vocab(with_added_tokens=False)
+        if set("".join(vocab)) <= _CHAR_TO_BYTE.keys():  # all in the byte-level alphabet: a character per byte
+            regular = max(map(len, vocab), default=0)
+        else:
+            regular = max(len(self.token_bytes(i)) for i in vocab.values())
+        added = max((len(t.content.encode()) for t in self._tokenizer.get_added_tokens_decoder().values()), default=0)
+        return max(regular, added)
+
     def encode(self, text: str, *, specials: bool = True) -> list[int]:
         """Ids of `text`, nothing added. Special tokens written in it ("<|start|>") become their ids unless
         `specials` is False, which encodes them as plain text (harmony does so for message content)."""
@@ -95,7 +108,9 @@ class Tokenizer:
         with self._lock:
             self._tokenizer.encode_special_tokens = not specials
             try:
-                return self._tokenizer.encode(text, add_special_tokens=False).ids
+                # encode_batch releases the GIL (encode holds it), so other threads run meanwhile: the
+                # server tokenises long prompts on a thread pool while its event loop goes on.
+                return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
             finally:
                 self._tokenizer.encode_special_tokens = False
 

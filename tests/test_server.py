@@ -158,8 +158,9 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, client):
     def post(body):
         return httpx.post(chat, json=body, timeout=TIMEOUT)
 
-    _error(httpx.post(chat, content=b'{"model": "tiny", "messages": [', timeout=TIMEOUT), 400)
-    _error(httpx.post(chat, content=b"[1, 2]", timeout=TIMEOUT), 400)
+    json_type = {"Content-Type": "application/json"}
+    _error(httpx.post(chat, content=b'{"model": "tiny", "messages": [', headers=json_type, timeout=TIMEOUT), 400)
+    _error(httpx.post(chat, content=b"[1, 2]", headers=json_type, timeout=TIMEOUT), 400)
     _error(post({**ok, "model": "gpt-5"}), 404, "model", "model_not_found")
     _error(post({k: v for k, v in ok.items() if k != "messages"}), 400, "messages")
     _error(post({**ok, "messages": []}), 400, "messages")
@@ -248,13 +249,15 @@ def test_api_key_is_required_when_set(model):
 
 def test_serve_command_binds_loopback_by_default(monkeypatch, model):
     from gpt_oss_triton.model import cli
+    from gpt_oss_triton.model.server import serving
 
-    calls = []
+    servers = []
     monkeypatch.setattr(cli, "_load", lambda args: (model, model.tokenizer))  # the loading is generate's, tested there
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serving.Server, "run", lambda self: servers.append(self))
+    monkeypatch.setattr(serving.gc, "freeze", lambda: None)  # not in the test process
     assert cli.main(["serve", "--max-batch", "2", "--max-len", "256"]) == 0
-    (app, kw), = calls
-    assert kw == {"host": "127.0.0.1", "port": 8000}
+    (server,), app = servers, servers[0].config.app
+    assert (server.config.host, server.config.port, server.shutdown_timeout) == ("127.0.0.1", 8000, 30.0)
     assert (app.state.worker.engine.max_len, len(app.state.worker.engine.slots)) == (256, 2)
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the `serve` extra were not installed

@@ -9,34 +9,34 @@ from .. import tool_calls
 from ..harmony_tools import ToolsError
 from . import schemas
 from .assembly import ChatAssembler
+from .body import read_json
 from .errors import APIError
-from .generation import EventStream, Generation, ServerContext, read_json
+from .generation import EventStream, Generation, ServerContext
 
 
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request, ctx.max_body_bytes))
+        body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request))
         ctx.check_model(body)
         try:
             plan = tool_calls.plan_tools(body.tools, body.tool_choice)
-            prompt = plan.prompt(ctx.tokenizer, body.messages, reasoning=body.reasoning_effort or "medium")
         except ToolsError as e:
             raise APIError(400, str(e), param=e.param) from None
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
+        prompt = await ctx.tokenize("messages", body.messages, plan.prompt, ctx.tokenizer, body.messages,
+                                    reasoning=body.reasoning_effort or "medium")
         # More than one call per reply only when asked for: gpt-oss ends its turn at a call (<|call|>).
         parallel = bool(body.parallel_tool_calls and plan.tools)
         assembler = ChatAssembler(ctx.tokenizer, body.stop_strings(), prefix=plan.prefix_ids(ctx.tokenizer),
                                   parallel_calls=parallel)
-        # No default limit: the reply may use the context left.
-        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens, None,
-                        tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, plan.constraint(ctx.tokenizer))
+        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens,
+                        ctx.default_max_tokens, tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler,
+                        plan.constraint(ctx.tokenizer))
         reply_id = schemas.new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventStream(gen, _events(gen, reply_id, ctx.model_name, include_usage))
-        content, reasoning, finish = await gen.collect()
+        content, reasoning, finish = await gen.collect(request)
         message = schemas.chat_message(content, reasoning, assembler.tool_calls)
         return schemas.chat_completion(reply_id, ctx.model_name, message, finish, gen.usage())
 

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request
 
 from . import schemas
 from .assembly import TextAssembler
-from .generation import EventStream, Generation, ServerContext, read_json
+from .body import read_json
+from .generation import EventStream, Generation, ServerContext
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for this endpoint
 
@@ -17,16 +18,17 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
 
     @v1.post("/completions")
     async def completions(request: Request):
-        body = schemas.parse_body(schemas.CompletionRequest, await read_json(request, ctx.max_body_bytes))
+        body = schemas.parse_body(schemas.CompletionRequest, await read_json(request))
         ctx.check_model(body)
-        prompt = ctx.tokenizer.encode(body.prompt) if isinstance(body.prompt, str) else body.prompt
+        prompt = (await ctx.tokenize("prompt", body.prompt, ctx.tokenizer.encode, body.prompt)
+                  if isinstance(body.prompt, str) else body.prompt)
         assembler = TextAssembler(ctx.tokenizer, body.stop_strings(), end_tokens=stops)
         gen = ctx.start(body, prompt, "prompt", body.max_tokens, DEFAULT_COMPLETION_TOKENS, stops, assembler)
         reply_id = schemas.new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventStream(gen, _events(gen, reply_id, ctx.model_name, include_usage))
-        text, _, finish = await gen.collect()
+        text, _, finish = await gen.collect(request)
         return schemas.text_completion(reply_id, ctx.model_name, text, finish, gen.usage())
 
 

@@ -1,18 +1,30 @@
 """OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with their status, and the app's handlers
-that turn every exception into one."""
+that turn every exception into one. A message never carries internals: an unexpected exception becomes a 500
+that quotes a request id, and its traceback goes to the log under that id."""
 from __future__ import annotations
+
+import logging
+import uuid
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
     """A request the server refuses; the handlers in `app` turn it into a JSON error response."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def sampling_param_name(message: str) -> str | None:
@@ -22,23 +34,37 @@ def sampling_param_name(message: str) -> str | None:
     return min(found)[1] if found else None
 
 
-def server_error(e: Exception) -> APIError:
-    return APIError(500, f"generation failed: {e}", type="server_error")
+def internal_error(e: BaseException) -> APIError:
+    """A 500 for an exception the server did not expect: logged with its traceback under a fresh request id,
+    which the message quotes instead of the exception's text."""
+    request_id = f"req-{uuid.uuid4().hex[:16]}"
+    log.error("internal error %s", request_id, exc_info=e)
+    return APIError(500, f"internal error (request id {request_id}); the server's log has the details",
+                    type="server_error", code="internal_error")
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down: the request was not finished; retry later",
+                    type="server_error", code="server_shutting_down")
 
 
 def install_error_handlers(app) -> None:
     """Every error, FastAPI's own 404/405 included, as an OpenAI error object."""
-    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     @app.exception_handler(APIError)
     async def api_error(_request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, e: StarletteHTTPException):
-        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+        return APIError(e.status_code, str(e.detail), headers=e.headers).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_request, _e: ClientDisconnect):  # nobody reads this reply: no traceback in the log
+        return APIError(400, "the client went away before sending the whole body").response()
 
     @app.exception_handler(Exception)
     async def unexpected(_request, e: Exception):
-        return JSONResponse(server_error(e).body(), status_code=500)
+        return internal_error(e).response()

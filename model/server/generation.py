@@ -1,8 +1,9 @@
-"""One request's generation as a response sees it: the limits checked and the request submitted
-(`start`), its tokens read back through an assembler (`Generation`), and server-sent events
-(`EventStream`). Shared by every protocol module."""
+"""One request's generation as a response sees it: the prompt tokenised off the event loop (`tokenize`), the
+limits checked and the request submitted (`start`), its tokens read back through an assembler
+(`Generation`), and server-sent events (`EventStream`). Shared by every protocol module."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from ..tokenizer import Tokenizer
 from . import schemas
 from .assembly import ChatAssembler, Delta, TextAssembler
 from .batcher import EngineWorker, TokenStream
-from .errors import APIError, sampling_param_name, server_error
+from .body import offload, strings
+from .errors import APIError, internal_error, sampling_param_name
 
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
 
@@ -26,14 +28,34 @@ class ServerContext:
     worker: EngineWorker
     tokenizer: Tokenizer
     model_name: str
-    max_body_bytes: int
     created: int
+    default_max_tokens: int  # for a chat request that sets no limit, rather than all the context left
+    max_token_bytes: int  # the tokenizer's: found at startup, as it takes a scan of the vocabulary
 
     def check_model(self, body: schemas.GenerationRequest) -> None:
         if body.model != self.model_name:
             raise APIError(404, f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
         body.check_supported()
+
+    async def tokenize(self, param: str, text, fn, *args, **kwargs) -> list[int]:
+        """fn(*args, **kwargs): the prompt's token ids, made off the event loop; a ValueError from it is a 400
+        about `param`. First a cheap bound: `text` (the request field fn tokenises) holds strings of n UTF-8
+        bytes in all, so at least n / max_token_bytes tokens; if those cannot fit, no time goes into
+        tokenising them."""
+        def run() -> list[int]:
+            size = sum(len(s.encode()) for _, s in strings(text))
+            least = size // self.max_token_bytes
+            if least >= self.worker.engine.max_len:
+                raise APIError(400, f"{param}: {size} bytes of text make at least {least} tokens, more than this "
+                                    f"server's context of {self.worker.engine.max_len} tokens",
+                               param=param, code="context_length_exceeded")
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as e:  # a ToolsError names its own field
+                raise APIError(400, str(e), param=getattr(e, "param", param)) from None
+
+        return await offload(run)
 
     def start(self, body: schemas.GenerationRequest, prompt: list[int], prompt_param: str, max_tokens: int | None,
               default_max_tokens: int | None, stop_tokens, assembler, constraint=None) -> Generation:
@@ -82,17 +104,32 @@ class Generation:
         delta = self.assembler.finish()
         yield delta, self.assembler.finish_reason(_FINISH_REASONS.get(self.stream.request.stats.stopped_by, "stop"))
 
-    async def collect(self) -> tuple[str, str, str]:
-        """(answer, reasoning, finish reason) of the whole reply."""
-        content, reasoning, finish = [], [], "stop"
+    async def watched_deltas(self, request) -> AsyncIterator[tuple[Delta, str | None]]:
+        """`deltas()` for a non-streaming reply: if the client of `request` (a Starlette request whose body was
+        read) goes away meanwhile, the request is cancelled and its slot freed; the slot is freed at the end
+        in any case."""
+        watcher = asyncio.create_task(self._cancel_on_disconnect(request.receive))
         try:
-            async for delta, reason in self.deltas():
-                content.append(delta.content)
-                reasoning.append(delta.reasoning)
-                finish = reason or finish
+            async for item in self.deltas():
+                yield item
         finally:
+            watcher.cancel()
             self.close()
+
+    async def collect(self, request) -> tuple[str, str, str]:
+        """(answer, reasoning, finish reason) of the whole reply, watched as in `watched_deltas`."""
+        content, reasoning, finish = [], [], "stop"
+        async for delta, reason in self.watched_deltas(request):
+            content.append(delta.content)
+            reasoning.append(delta.reasoning)
+            finish = reason or finish
         return "".join(content), "".join(reasoning), finish
+
+    async def _cancel_on_disconnect(self, receive) -> None:
+        # With the body read, the next ASGI message is http.disconnect: the connection was closed.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.close()
 
     def close(self) -> None:
         """Frees the slot now if the request is still running (stopped early, failed or abandoned)."""
@@ -122,24 +159,9 @@ class EventStream(StreamingResponse):
         try:
             async for event in events:
                 yield f"data: {json.dumps(event)}\n\n"
-        except Exception as e:  # the headers are out: report the failure in the stream itself
-            yield f"data: {json.dumps(server_error(e).body())}\n\n"
+        except APIError as e:  # the headers are out: report the failure in the stream itself
+            yield f"data: {json.dumps(e.body())}\n\n"
+        except Exception as e:
+            yield f"data: {json.dumps(internal_error(e).body())}\n\n"
         yield "data: [DONE]\n\n"
 
-
-async def read_json(request, limit: int):
-    """The parsed body; a 413 as soon as it is known to exceed `limit` bytes, a 400 if it is no JSON."""
-    too_big = APIError(413, f"the request body exceeds this server's limit of {limit} bytes",
-                       code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_big
-    data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > limit:
-            raise too_big
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from None

@@ -28,7 +28,8 @@ from ..harmony_tools import ToolsError
 from . import schemas
 from .assembly import ChatAssembler, Delta
 from .errors import APIError
-from .generation import EventStream, Generation, ServerContext, read_json
+from .body import read_json
+from .generation import EventStream, Generation, ServerContext
 
 STORED_RESPONSES = 256
 _EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -79,7 +80,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
 
     @v1.post("/responses")
     async def create_response(request: Request):
-        body = schemas.parse_body(ResponsesRequest, await read_json(request, ctx.max_body_bytes))
+        body = schemas.parse_body(ResponsesRequest, await read_json(request))
         ctx.check_model(body)
         history = []
         if body.previous_response_id is not None:
@@ -94,14 +95,19 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
         chat_tools = [_chat_tool(i, tool) for i, tool in enumerate(body.tools or [])]
         try:
             plan = tool_calls.plan_tools(chat_tools, body.tool_choice)
-            prompt = plan.prompt(ctx.tokenizer, instructions + conversation, reasoning=effort)
         except ToolsError as e:
-            raise APIError(400, str(e), param="input" if e.param == "messages" else e.param) from None
-        except ValueError as e:
-            raise APIError(400, str(e), param="input") from None
+            raise APIError(400, str(e), param=e.param) from None
+
+        def render() -> list[int]:
+            try:
+                return plan.prompt(ctx.tokenizer, instructions + conversation, reasoning=effort)
+            except ToolsError as e:  # the items behind `messages` came in as `input`
+                raise ToolsError(str(e), "input" if e.param == "messages" else e.param) from None
+
+        prompt = await ctx.tokenize("input", [instructions, conversation], render)
         parallel = bool(body.parallel_tool_calls and plan.tools)
         assembler = ChatAssembler(ctx.tokenizer, prefix=plan.prefix_ids(ctx.tokenizer), parallel_calls=parallel)
-        gen = ctx.start(body, prompt, "input", body.max_output_tokens or body.max_tokens, None,
+        gen = ctx.start(body, prompt, "input", body.max_output_tokens or body.max_tokens, ctx.default_max_tokens,
                         tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, plan.constraint(ctx.tokenizer))
         response = _response(f"resp_{uuid.uuid4().hex}", ctx.model_name, body, effort)
 
@@ -118,12 +124,9 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
             return _ResponseEvents(gen, _events(gen, response, done))
         output = _Output()
         finish = "stop"
-        try:
-            async for delta, reason in gen.deltas():
-                output.add(delta)
-                finish = reason or finish
-        finally:
-            gen.close()
+        async for delta, reason in gen.watched_deltas(request):
+            output.add(delta)
+            finish = reason or finish
         output.close(finish)
         return done(output, finish)
 

@@ -56,11 +56,13 @@ class CompletionRequest(GenerationRequest):
 
 
 def parse_body(model_cls: type[BaseModel], data) -> BaseModel:
-    """The request, or a 400 naming the first field at fault."""
+    """The request, or a 400 naming the first field at fault. Strict: values are checked, not coerced, in
+    every model and every model nested in it (max_tokens "4" or true is no integer, stream "yes" no
+    boolean), as a client that sends those has a bug the server should not hide."""
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
-        return model_cls.model_validate(data)
+        return model_cls.model_validate(data, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
