@@ -15,9 +15,10 @@ setup(
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
+        # llguidance: structured outputs' grammar engine (model/runtime/grammar.py); jsonschema checks its output
         "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24"],
-        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
+                 "httpx>=0.24", "llguidance>=1.9", "jsonschema>=4"],
+        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "llguidance>=1.9"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-oss-triton=gpt_oss_triton.model.cli:main"]},
