@@ -17,7 +17,7 @@ setup(
     extras_require={
         # llguidance: structured outputs' grammar engine (model/runtime/grammar.py); jsonschema checks its output
         "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24", "llguidance>=1.9", "jsonschema>=4"],
+                 "httpx>=0.24", "openai-agents>=0.2", "llguidance>=1.9", "jsonschema>=4"],
         "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "llguidance>=1.9"],
         "plot": ["matplotlib>=3.7"],
     },

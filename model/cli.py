@@ -127,6 +127,9 @@ def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
     for ch, text in stream:
         if hide_reasoning and ch == "analysis":
             continue
+        if isinstance(text, dict):  # a tool call (the CLI offers none, but a model may write one): as text
+            function = text["function"]
+            text = f"{function['name']} " if "name" in function else function["arguments"]
         if ch != channel:
             out.write(f"{'' if channel is None else chr(10)}[{ch or 'message'}] ")
             channel = ch

@@ -55,6 +55,7 @@ class Tokenizer:
         self._specials = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         # encode(specials=False) flips a flag on the shared Rust tokenizer; the lock keeps threads apart.
         self._lock = threading.Lock()
+        self._by_bytes: dict[bytes, int] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Tokenizer:
@@ -127,6 +128,14 @@ class Tokenizer:
             return bytes(_CHAR_TO_BYTE[char] for char in token)
         except KeyError:  # same fallback as the ByteLevel decoder: a token outside the alphabet is its UTF-8
             return token.encode()
+
+    def id_of_bytes(self, data: bytes) -> int | None:
+        """The id of the regular (not special) token whose bytes are `data`, or None; the map of every token's
+        bytes is built on first use (about a second for o200k)."""
+        if self._by_bytes is None:
+            specials = set(self._specials.values())
+            self._by_bytes = {self.token_bytes(i): i for i in range(self.vocab_size) if i not in specials}
+        return self._by_bytes.get(data)
 
 
 class StreamDecoder:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -58,6 +58,24 @@ def _needs_more(rows) -> bool:
             and all(req.constraint is None for _, req in rows))
 
 
+class TokenConstraint(Protocol):
+    """A request's rule on which token may come next (a forced tool-call name, a JSON grammar), one per request.
+
+    Before sampling each of the request's tokens the engine calls `allowed_tokens()`: a bool tensor [n] (on any
+    device) whose True entries are the ids that may come next (ids >= n may not; at least one must be True), or
+    None to leave this token free. The other logits of the request's row become -inf, so greedy and random
+    sampling, top-k and top-p all pick among the allowed ids. After sampling, `advance(token)` gets the token
+    chosen (a free one too) before the next `allowed_tokens()`. Both run on the engine's thread. A request with
+    a constraint is never decoded ahead (no lookahead step), as its next mask needs the token before. A class
+    may also offer a static `fill_masks(items, out)` that writes the masks of all its constrained rows at once,
+    as bits (sampling.fill_masks): grammars compute theirs in one parallel call.
+    """
+
+    def allowed_tokens(self) -> "torch.Tensor | None": ...
+
+    def advance(self, token: int) -> None: ...
+
+
 @dataclass(eq=False)
 class Request:
     id: int
@@ -71,9 +89,7 @@ class Request:
     prefilled: int = 0
     cancelled: bool = False
     seed: int = 0  # with the count of tokens drawn, picks the sampling noise (see sampling.py)
-    # The ids its next token may be (see sampling.fill_masks): allowed_tokens() before each draw, then
-    # advance(token) with the token drawn. A constrained request is never decoded ahead.
-    constraint: object | None = None
+    constraint: TokenConstraint | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)  # one per token, when params.logprobs is set
 
     @property
@@ -146,7 +162,7 @@ class Engine:
 
     def submit(self, prompt: Iterable[int], params: SamplingParams = SamplingParams(),
                stop_tokens: Iterable[int] = (), on_token: Callable | None = None,
-               constraint: object | None = None) -> Request:
+               constraint: TokenConstraint | None = None) -> Request:
         prompt = [int(t) for t in prompt]
         self.check(prompt, params)
         req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token,

@@ -1,10 +1,11 @@
 """An OpenAI-compatible HTTP server (`gpt-oss-triton serve`).
 
-One module per protocol over shared pieces: `chat_completions` (/v1/chat/completions) and `completions`
-(/v1/completions) mount their routes on the app that `app.create_app(model, tokenizer, ...)` builds
-(FastAPI, the optional `serve` extra). Shared: `generation` (a request's limits, submission, deltas and
-server-sent events), `batcher` (the one engine thread every request shares), `assembly` (token ids to the
-text a response carries: reasoning apart from the answer, stop strings), `schemas` (the wire format) and
-`errors` (OpenAI-style error bodies). Nothing is imported here, so the FastAPI-free parts load without
-the extra.
+One module per protocol over shared pieces: `chat_completions` (/v1/chat/completions), `completions`
+(/v1/completions) and `responses` (/v1/responses) mount their routes on the app that
+`app.create_app(model, tokenizer, ...)` builds (FastAPI, the optional `serve` extra). Shared: `generation`
+(a request's limits, submission, deltas and server-sent events), `batcher` (the one engine thread every
+request shares), `assembly` (token ids to the text a response carries: reasoning apart from the answer and
+tool calls, stop strings), `schemas` (the wire format) and `errors` (OpenAI-style error bodies); the model's
+`tool_calls` (tools and tool_choice to a prompt, tool calls from a reply) serves every chat protocol and the
+Python API. Nothing is imported here, so the FastAPI-free parts load without the extra.
 """

@@ -1,7 +1,7 @@
 """The ASGI app: the shared engine worker, authentication, errors, and each protocol module's routes.
 
 `create_app` builds the engine and its worker thread (started and stopped with the app's lifespan) and
-mounts `/v1/models`, `/v1/stats` and the protocol modules (`chat_completions`, `completions`). A
+mounts `/v1/models`, `/v1/stats` and the protocol modules (`chat_completions`, `completions`, `responses`). A
 handler checks the request, renders its prompt, submits it to the worker and reads the new tokens back
 through an assembler, either all at once or as server-sent events (`generation`). Whatever ends a
 response early (a stop string, an error, a client that went away) cancels its request, so its slot goes
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 
 from ..runtime.engine import Engine
 from ..tokenizer import Tokenizer
-from . import chat_completions, completions
+from . import chat_completions, completions, responses
 from .batcher import EngineWorker
 from .errors import APIError, install_error_handlers
 from .generation import ServerContext
@@ -64,5 +64,6 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "gpt-oss", api_
 
     chat_completions.add_routes(v1, ctx)
     completions.add_routes(v1, ctx)
+    responses.add_routes(v1, ctx)
     app.include_router(v1)
     return app

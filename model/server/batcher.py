@@ -81,8 +81,9 @@ class EngineWorker:
             self._thread.join(timeout)
         self._fail_all(RuntimeError("the server is shutting down"))
 
-    def submit(self, prompt: list[int], params: SamplingParams, stop_tokens) -> TokenStream:
-        """Queues a request (ValueError if it breaks a limit) and returns its token stream."""
+    def submit(self, prompt: list[int], params: SamplingParams, stop_tokens, constraint=None) -> TokenStream:
+        """Queues a request (ValueError if it breaks a limit) and returns its token stream; `constraint` is
+        the engine's TokenConstraint, if any."""
         # A request cancelled while still queued gets no end-of-stream callback, so cancel() forgets it here.
         stream = TokenStream(asyncio.get_running_loop(), on_cancel=self._live.discard)
         # Registered before the engine sees the request: the engine thread may deliver its first token
@@ -90,7 +91,8 @@ class EngineWorker:
         self._live.add(stream)
         try:
             stream.request = self.engine.submit(prompt, params, stop_tokens,
-                                                on_token=lambda request, token: self._deliver(stream, request, token))
+                                                on_token=lambda request, token: self._deliver(stream, request, token),
+                                                constraint=constraint)
         except ValueError:
             self._live.discard(stream)
             raise

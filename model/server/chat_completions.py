@@ -1,11 +1,12 @@
-"""POST /v1/chat/completions: OpenAI's Chat Completions over harmony, streamed or not."""
+"""POST /v1/chat/completions: OpenAI's Chat Completions over harmony, streamed or not, with function tools."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from .. import harmony
+from .. import tool_calls
+from ..harmony_tools import ToolsError
 from . import schemas
 from .assembly import ChatAssembler
 from .errors import APIError
@@ -13,37 +14,43 @@ from .generation import EventStream, Generation, ServerContext, read_json
 
 
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
-    stops = harmony.stop_tokens_for_assistant_actions(ctx.tokenizer)
-
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request, ctx.max_body_bytes))
         ctx.check_model(body)
         try:
-            prompt = harmony.render(ctx.tokenizer, body.messages, reasoning=body.reasoning_effort or "medium")
+            plan = tool_calls.plan_tools(body.tools, body.tool_choice)
+            prompt = plan.prompt(ctx.tokenizer, body.messages, reasoning=body.reasoning_effort or "medium")
+        except ToolsError as e:
+            raise APIError(400, str(e), param=e.param) from None
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        assembler = ChatAssembler(ctx.tokenizer, body.stop_strings())
+        # More than one call per reply only when asked for: gpt-oss ends its turn at a call (<|call|>).
+        parallel = bool(body.parallel_tool_calls and plan.tools)
+        assembler = ChatAssembler(ctx.tokenizer, body.stop_strings(), prefix=plan.prefix_ids(ctx.tokenizer),
+                                  parallel_calls=parallel)
         # No default limit: the reply may use the context left.
-        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens, None, stops,
-                        assembler)
+        gen = ctx.start(body, prompt, "messages", body.max_completion_tokens or body.max_tokens, None,
+                        tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, plan.constraint(ctx.tokenizer))
         reply_id = schemas.new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventStream(gen, _events(gen, reply_id, ctx.model_name, include_usage))
         content, reasoning, finish = await gen.collect()
-        return schemas.chat_completion(reply_id, ctx.model_name, schemas.chat_message(content, reasoning), finish,
-                                       gen.usage())
+        message = schemas.chat_message(content, reasoning, assembler.tool_calls)
+        return schemas.chat_completion(reply_id, ctx.model_name, message, finish, gen.usage())
 
 
 async def _events(gen: Generation, reply_id: str, model_name: str, include_usage: bool) -> AsyncIterator[dict]:
     yield schemas.chat_chunk(reply_id, model_name, {"role": "assistant", "content": ""})
     async for delta, finish in gen.deltas():
-        if delta:
+        if delta.content or delta.reasoning:
             piece = {"content": delta.content} if delta.content else {}
             if delta.reasoning:
-                piece["reasoning_content"] = delta.reasoning
+                piece["reasoning_content"] = piece["reasoning"] = delta.reasoning
             yield schemas.chat_chunk(reply_id, model_name, piece)
+        for call in delta.tool_calls:  # one piece per chunk, as OpenAI streams them
+            yield schemas.chat_chunk(reply_id, model_name, {"tool_calls": [call]})
         if finish:
             yield schemas.chat_chunk(reply_id, model_name, {}, finish)
     if include_usage:

@@ -36,7 +36,7 @@ class ServerContext:
         body.check_supported()
 
     def start(self, body: schemas.GenerationRequest, prompt: list[int], prompt_param: str, max_tokens: int | None,
-              default_max_tokens: int | None, stop_tokens, assembler) -> Generation:
+              default_max_tokens: int | None, stop_tokens, assembler, constraint=None) -> Generation:
         """Checks the limits of one request and submits it; every refusal is a 4xx before any work."""
         max_len = self.worker.engine.max_len
         room = max_len - len(prompt)
@@ -57,7 +57,7 @@ class ServerContext:
         except ValueError as e:
             raise APIError(400, str(e), param=sampling_param_name(str(e))) from None
         try:
-            stream = self.worker.submit(prompt, params, stop_tokens)
+            stream = self.worker.submit(prompt, params, stop_tokens, constraint)
         except ValueError as e:
             raise APIError(400, str(e), param=prompt_param) from None
         return Generation(stream, assembler, len(prompt))
@@ -75,11 +75,12 @@ class Generation:
         async for token in self.stream:
             self.completion_tokens += 1
             delta = self.assembler.feed(token)
-            if self.assembler.stopped:
-                yield delta, "stop"
+            if self.assembler.stopped:  # a stop string, or a tool call that ends the reply
+                yield delta, self.assembler.finish_reason("stop")
                 return
             yield delta, None
-        yield self.assembler.finish(), _FINISH_REASONS.get(self.stream.request.stats.stopped_by, "stop")
+        delta = self.assembler.finish()
+        yield delta, self.assembler.finish_reason(_FINISH_REASONS.get(self.stream.request.stats.stopped_by, "stop"))
 
     async def collect(self) -> tuple[str, str, str]:
         """(answer, reasoning, finish reason) of the whole reply."""

@@ -46,12 +46,9 @@ class ChatCompletionRequest(GenerationRequest):
     messages: list = Field(min_length=1)  # each message is checked by harmony.render
     max_completion_tokens: int | None = Field(None, ge=1)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
-    tools: list | None = None
-
-    def check_supported(self) -> None:
-        super().check_supported()
-        if self.tools:
-            raise APIError(400, "tools (function calling) are not supported by this server", param="tools")
+    tools: list | None = None  # tools and tool_choice are checked by tool_calls.plan_tools
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(GenerationRequest):
@@ -81,9 +78,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_message(content: str, reasoning: str) -> dict:
-    # reasoning_content is the field vLLM-style clients read; the openai client exposes it as an extra attribute.
-    return {"role": "assistant", "content": content, "reasoning_content": reasoning or None}
+def chat_message(content: str, reasoning: str, tool_calls: list[dict] = ()) -> dict:
+    """The assistant's message; content is null beside tool calls when they come with no text. The reasoning
+    goes in `reasoning_content` (vLLM's field) and `reasoning` (OpenRouter's and Ollama's), left out when there
+    is none (some clients fail on null); the openai client exposes them as extra attributes."""
+    message = {"role": "assistant", "content": content or (None if tool_calls else "")}
+    if tool_calls:
+        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": dict(c["function"])}
+                                 for c in tool_calls]
+    if reasoning:
+        message["reasoning_content"] = message["reasoning"] = reasoning
+    return message
 
 
 def chat_completion(id: str, model: str, message: dict, finish_reason: str, usage: dict) -> dict:
