@@ -10,8 +10,8 @@ import torch
 
 from gpt_oss_triton.model import GptOss, harmony
 from gpt_oss_triton.model.runtime.engine import Engine
-from gpt_oss_triton.model.runtime.grammar import (GrammarConstraint, json_reply_grammar, json_schema_grammar,
-                                                  json_text_grammar)
+from gpt_oss_triton.model.runtime.grammar import (GrammarConstraint, json_schema_grammar, json_text_grammar,
+                                                  reply_grammar)
 from gpt_oss_triton.model.runtime.sampling import SamplingParams
 
 SCHEMA = {
@@ -45,7 +45,7 @@ def _replies(model, schema, seeds, max_new_tokens, budget=24):
     tok = model.tokenizer
     prompt = harmony.render(tok, [{"role": "user", "content": "A pet, as JSON."}])
     engine = Engine(model, max_batch=len(seeds), max_len=len(prompt) + max_new_tokens)
-    grammar = json_reply_grammar(tok, json_schema_grammar(schema))
+    grammar = reply_grammar(tok, final=json_schema_grammar(schema))
     reqs = [engine.submit(prompt, SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=s),
                           harmony.stop_tokens_for_assistant_actions(tok),
                           constraint=GrammarConstraint(tok, grammar, model.config.vocab_size, reasoning_budget=budget))
@@ -90,7 +90,7 @@ def test_analysis_is_free_and_the_reply_ends_exactly_when_the_json_does(tokenize
     ordinary[tok.vocab_size:] = False
     text = (f"<|channel|>analysis<|message|>Think: {{not json}}, no: text.<|end|><|start|>assistant"
             f"<|channel|>final<|message|>{VALID}<|return|>")
-    seen, c = _walk(tok, json_reply_grammar(tok, json_schema_grammar(SCHEMA)), vocab, text)
+    seen, c = _walk(tok, reply_grammar(tok, final=json_schema_grammar(SCHEMA)), vocab, text)
     ids = [t for t, _ in seen]
     body = ids.index(tok.token_id("<|message|>")) + 1
     for t, allowed in seen[body:ids.index(tok.token_id("<|end|>"))]:  # reasoning: any ordinary id, or its end
@@ -105,7 +105,7 @@ def test_analysis_is_free_and_the_reply_ends_exactly_when_the_json_does(tokenize
 def test_reasoning_budget_ends_the_analysis():
     from gpt_oss_triton.model import Tokenizer
     tok = Tokenizer.byte_level()
-    c = GrammarConstraint(tok, json_reply_grammar(tok, json_schema_grammar(SCHEMA)), 300, reasoning_budget=5)
+    c = GrammarConstraint(tok, reply_grammar(tok, final=json_schema_grammar(SCHEMA)), 300, reasoning_budget=5)
     for t in tok.encode("<|channel|>analysis<|message|>abcd"):
         c.advance(t)
     assert c.forced is None and c.allowed_tokens()[ord("e")]
@@ -126,6 +126,6 @@ def test_text_completion_grammar(byte_level):
                                              ([1, 2], "must be an object")])
 def test_bad_schemas_name_the_problem(byte_level, schema, problem):
     with pytest.raises(ValueError, match=problem):
-        GrammarConstraint(byte_level, json_reply_grammar(byte_level, json_schema_grammar(schema)), 300)
+        GrammarConstraint(byte_level, reply_grammar(byte_level, final=json_schema_grammar(schema)), 300)
     if isinstance(schema, dict) and "format" in schema:  # not strict: unsupported formats are ignored
-        GrammarConstraint(byte_level, json_reply_grammar(byte_level, json_schema_grammar(schema, strict=False)), 300)
+        GrammarConstraint(byte_level, reply_grammar(byte_level, final=json_schema_grammar(schema, strict=False)), 300)

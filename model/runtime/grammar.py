@@ -1,30 +1,32 @@
 """Constrained decoding: a request's tokens held to a grammar, one mask of allowed ids per step (llguidance).
 
-    grammar = json_reply_grammar(tokenizer, json_schema_grammar(schema, strict=True))
+    grammar = reply_grammar(tokenizer, final=json_schema_grammar(schema, strict=True))
     constraint = GrammarConstraint(tokenizer, grammar, model.config.vocab_size, reasoning_budget=900)
     engine.submit(prompt, params, stop_tokens, constraint=constraint)
 
 Grammars are llguidance's Lark dialect, where `<|end|>` names a special token and `%json {...}` a JSON Schema.
-`json_reply_grammar` holds a harmony reply to: an optional analysis message whose text is free (any ordinary
-token), then the final message, whose content is the JSON and which ends with `<|return|>` (or `<|end|>` and
-`<|return|>`) exactly when the JSON is complete. `json_text_grammar` is the same JSON for a raw completion.
+`reply_grammar` holds a harmony reply to its structure and constrains only what it must: reasoning and
+preambles are free (any ordinary token), the final answer's content is the JSON (structured outputs) and a
+strict tool's arguments follow its schema; the tokens that end a message are allowed exactly when its content
+is complete. `json_text_grammar` is a JSON value for a raw completion.
 
 The engine asks every constrained row for its mask before sampling (`GrammarConstraint.fill_masks`: all grammar
 rows in one parallel call into llguidance's Rust executor, off the GIL) and feeds each drawn token back
-(`advance`).
-A `reasoning_budget` ends the analysis with `<|end|>` after that many tokens, so the answer gets its room:
-without it a model that reasons past max_tokens would never reach its JSON.
+(`advance`). A `reasoning_budget` ends the analysis with `<|end|>` after that many tokens in all, so the answer
+gets its room: without it a model that reasons past max_tokens would never reach its JSON.
 
-Why llguidance (measured in docs of bench/grammar_masks.py): no dependencies (a Rust wheel for CPython 3.9+
-on Linux, macOS and Windows), MIT licence, special tokens and token ranges inside grammars (harmony's headers),
-JSON Schema compiled lazily in ~3 ms per request, and masks at batch 64 in ~155 us per row with the o200k
-vocabulary on one shared core, computed on the CPU while the GPU runs the step's forward.
+Why llguidance, not xgrammar or outlines-core (README, "Structured outputs", has the measurements): it has no
+dependencies (an abi3 Rust wheel), MIT licence, special tokens and token ranges inside grammars (harmony's
+headers), JSON Schemas compiled lazily in ~3 ms per request, and masks at batch 64 as fast as xgrammar's with
+the o200k vocabulary, computed on the CPU while the GPU runs the step's forward.
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
+from collections.abc import Sequence
 
 import llguidance
 import numpy as np
@@ -36,6 +38,9 @@ from .sampling import unpack_bits
 # JSON whitespace: at most one space wherever JSON allows whitespace (as outlines does), so that no model can
 # spend its tokens on blanks; the JSON is otherwise compact.
 _WHITESPACE = " "
+
+MAX_NOTES = 4  # analysis or commentary messages before the answer or a call: a bound, so that a model past its
+# reasoning budget cannot loop on empty ones
 
 _cache_lock = threading.Lock()
 _tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Tokenizer -> {vocab_size: LLTokenizer}
@@ -75,15 +80,41 @@ def json_schema_grammar(schema: dict | None, strict: bool = True) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": options})
 
 
-def json_reply_grammar(tokenizer: Tokenizer, json_rule: str) -> str:
-    """A harmony assistant reply (after the prompt's `<|start|>assistant`): free reasoning, then `json_rule` as
-    the final answer."""
-    return "\n".join([
-        "start: analysis? final",
-        f"analysis: <|channel|> \"analysis\" <|message|> {_ordinary_tokens(tokenizer)}* <|end|> <|start|> \"assistant\"",
-        "final: <|channel|> \"final\" (\" \" <|constrain|> \"json\")? <|message|> answer (<|return|> | <|end|> <|return|>)",
-        f"answer: {json_rule}",
-    ])
+def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequence[tuple[str, str | None]] = (),
+                  parallel: bool = False, forced: str = "") -> str:
+    """A harmony assistant reply, from where the prompt left it (after `<|start|>assistant` and `forced`, the
+    header the prompt forced: "", "<|channel|>" or a call's whole header): up to MAX_NOTES free messages on
+    analysis or commentary (reasoning, preambles), then either the final answer, its content `final` (a JSON
+    rule; None: free text), or a call of one of `tools` ((name, arguments rule; None: free text)), several in a
+    row with `parallel`. Headers are harmony's canonical ones; the reply ends with `<|return|>` after the answer
+    (`<|end|>` first is allowed) and `<|call|>` after a call."""
+    text = f"{_ordinary_tokens(tokenizer)}*"
+    calls = 'call (<|start|> "assistant" call)*' if parallel else "call"
+    names = [name for name, _ in tools]
+    lines = [f"text: {text}",
+             "call: <|channel|> call_body",
+             "call_body: \"commentary to=functions.\" (" + " | ".join(f"call{i}" for i in range(len(tools))) + ")"
+             if tools else "",
+             *(f"call{i}: {json.dumps(name + ' ')} <|constrain|> \"json\" <|message|> args{i} <|call|>\n"
+               f"args{i}: {rule or 'text'}" for i, (name, rule) in enumerate(tools))]
+    if not forced:
+        last = f"final | {calls}" if tools else "final"
+        lines += [f'start: (note <|end|> <|start|> "assistant"){{0,{MAX_NOTES}}} ({last})',
+                  'note: <|channel|> ("analysis" | "commentary") <|message|> text',
+                  'final: <|channel|> "final" (" " <|constrain|> "json")? <|message|> answer '
+                  '(<|return|> | <|end|> <|return|>)',
+                  f"answer: {final or 'text'}"]
+    elif forced == "<|channel|>" and tools:
+        lines.append("start: call_body" + (' (<|start|> "assistant" call)*' if parallel else ""))
+    elif forced.endswith("<|message|>") and forced.count("to=functions.") == 1:
+        name = forced.split("to=functions.")[1].split(" ")[0].split("<|")[0]
+        if name not in names:
+            raise ValueError(f"the forced call {name!r} is not among the tools")
+        i = names.index(name)
+        lines.append(f"start: args{i} <|call|>" + (' (<|start|> "assistant" call)*' if parallel else ""))
+    else:
+        raise ValueError(f"cannot continue a reply from the forced header {forced!r}")
+    return "\n".join(line for line in lines if line)
 
 
 def json_text_grammar(json_rule: str) -> str:
@@ -109,21 +140,22 @@ class GrammarConstraint:
         llt = grammar_tokenizer(tokenizer, vocab_size)
         compiled = llguidance.LLMatcher.grammar_from_lark(grammar)
         problem = llguidance.LLMatcher.validate_grammar(compiled, llt)
-        if problem:
-            raise ValueError(problem.splitlines()[0])
+        if problem:  # its first line, without the grammar position ("at 4(9): ")
+            raise ValueError(re.sub(r"^at \d+\(\d+\): ", "", problem.splitlines()[0]))
         self.matcher = llguidance.LLMatcher(llt, compiled, log_level=0)
         self.vocab_size = vocab_size
         self._ids = {name: tokenizer.token_id(name) for name in ("<|channel|>", "<|message|>", "<|end|>")}
         self._decode = tokenizer.decode
         self._budget = reasoning_budget
         self._header: list[int] | None = None  # ids since <|channel|>, until <|message|>
-        self._analysis = 0  # tokens of the analysis text so far; -1 outside one
+        self._in_analysis = False
+        self._reasoned = 0  # analysis tokens so far, over all its messages
         self.error = ""
 
     @property
     def forced(self) -> int | None:
         """The one id the next token must be, when the reasoning budget is spent (else None)."""
-        if self._budget is not None and self._analysis >= self._budget:
+        if self._in_analysis and self._budget is not None and self._reasoned >= self._budget:
             return self._ids["<|end|>"]
         return None
 
@@ -133,16 +165,16 @@ class GrammarConstraint:
         if not self.matcher.consume_token(token) and not self.error:
             self.error = self.matcher.get_error()
         if token == self._ids["<|channel|>"]:
-            self._header, self._analysis = [], -1
+            self._header, self._in_analysis = [], False
         elif token == self._ids["<|message|>"] and self._header is not None:
-            channel = self._decode(self._header).strip()
-            self._header, self._analysis = None, 0 if channel == "analysis" else -1
+            self._in_analysis = self._decode(self._header).strip() == "analysis"
+            self._header = None
         elif self._header is not None:
             self._header.append(token)
         elif token == self._ids["<|end|>"]:
-            self._analysis = -1
-        elif self._analysis >= 0:
-            self._analysis += 1
+            self._in_analysis = False
+        elif self._in_analysis:
+            self._reasoned += 1
 
     def allowed_tokens(self) -> torch.Tensor:
         """The ids allowed next, as bool [vocab_size] (the one-request form of `fill_masks`)."""

@@ -15,6 +15,7 @@ import time
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
+from ..runtime import grammar
 from ..runtime.engine import Engine
 from ..tokenizer import Tokenizer
 from . import chat_completions, completions, responses
@@ -29,12 +30,14 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "gpt-oss", api_
                max_batch: int = 8, max_len: int = 4096, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The server for `model`, announced as `model_name`. With `api_key`, every /v1 route wants
     `Authorization: Bearer <api_key>`. Bodies over `max_body_bytes` get a 413."""
-    worker = EngineWorker(Engine(model, max_batch=max_batch, max_len=max_len))
+    # Penalties never count the chat format's control tokens.
+    worker = EngineWorker(Engine(model, max_batch=max_batch, max_len=max_len, unpenalized=tokenizer.special_ids))
     ctx = ServerContext(worker, tokenizer, model_name, max_body_bytes, created=int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         worker.start()
+        grammar.warm_up(tokenizer, model.config.vocab_size)  # structured outputs' tokenizer view, ~10 s for o200k
         yield
         worker.stop()
 
