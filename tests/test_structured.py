@@ -17,14 +17,14 @@ from gpt_oss_triton.model.runtime.sampling import SamplingParams
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "maxLength": 12},
+        "name": {"type": "string", "maxLength": 6},
         "kind": {"enum": ["cat", "dog", "bird"]},
         "age": {"type": "integer", "minimum": 0, "maximum": 99},
         "owner": {"type": "object", "additionalProperties": False, "required": ["first", "verified"],
-                  "properties": {"first": {"type": "string", "maxLength": 8}, "verified": {"type": "boolean"},
+                  "properties": {"first": {"type": "string", "maxLength": 4}, "verified": {"type": "boolean"},
                                  "pets": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}}},
         "scores": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
-        "note": {"type": ["string", "null"], "maxLength": 10},
+        "note": {"type": ["string", "null"], "maxLength": 4},
     },
     "required": ["name", "kind", "age", "owner", "scores"],
     "additionalProperties": False,
@@ -41,7 +41,7 @@ def model():
     torch.set_num_threads(threads)
 
 
-def _replies(model, schema, seeds, max_new_tokens, budget=24):
+def _replies(model, schema, seeds, max_new_tokens, budget=8):
     tok = model.tokenizer
     prompt = harmony.render(tok, [{"role": "user", "content": "A pet, as JSON."}])
     engine = Engine(model, max_batch=len(seeds), max_len=len(prompt) + max_new_tokens)
@@ -61,12 +61,6 @@ def test_json_schema_replies_validate_on_every_seed(model):
         assert len(final) == 1 and messages[-1] is final[0], messages
         jsonschema.validate(json.loads(final[0]["content"]), SCHEMA)
         assert not req.constraint.error
-
-
-def test_json_object_replies_parse(model):
-    for req, messages in _replies(model, None, range(4), max_new_tokens=600):
-        assert req.stats.stopped_by == "stop", req.tokens
-        assert isinstance(json.loads(messages[-1]["content"]), dict)
 
 
 def _walk(tok, grammar, vocab, text):
@@ -114,6 +108,16 @@ def test_reasoning_budget_ends_the_analysis():
     for t in tok.encode("<|end|><|start|>assistant<|channel|>final<|message|>"):
         c.advance(t)
     assert c.forced is None and c.allowed_tokens()[ord("{")] and not c.error
+
+
+def test_json_object_takes_any_object_and_ends_with_it(byte_level):
+    value = '{"a": [1, {"b": null}], "c": "x\\"y", "d": {"e": -2.5e3}}'
+    grammar = reply_grammar(byte_level, final=json_schema_grammar(None))
+    seen, c = _walk(byte_level, grammar, 300, f"<|channel|>final<|message|>{value}<|return|>")
+    assert set(seen[-1][1].nonzero().flatten().tolist()) == {byte_level.token_id(t) for t in ("<|return|>", "<|end|>")}
+    for text in ("[1]", '"x"', "{a: 1}"):  # not an object, or no JSON
+        with pytest.raises(AssertionError, match="refused"):
+            _walk(byte_level, grammar, 300, f"<|channel|>final<|message|>{text}<|return|>")
 
 
 def test_text_completion_grammar(byte_level):
