@@ -7,6 +7,7 @@ the project's spec ("Function tools"), which match openai-harmony 0.0.8 (tests/d
 """
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from dataclasses import dataclass
@@ -89,7 +90,50 @@ def _is_enum(schema: dict) -> bool:
 
 
 def _json(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON as openai-harmony writes it (Rust's serde_json): numbers in its float format, keys in order."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json(str(k))}:{_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_json(v) for v in value) + "]"
+    if isinstance(value, float) or isinstance(value, int) and not isinstance(value, bool) and \
+            not -(1 << 63) <= value < 1 << 64:  # serde_json holds an integer past 64 bits as a float
+        return _float(float(value))
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _float(x: float) -> str:
+    """A float as openai-harmony writes it: read from JSON the way serde_json reads it (`_as_read`), then in
+    Rust's ryu layout: the shortest digits that round-trip, as `1000.0`, `12.5`, `0.001`, `1e20`, `1.5e-7`."""
+    x = _as_read(x)
+    if x == 0:
+        return "-0.0" if str(x).startswith("-") else "0.0"
+    sign, digits, exponent = decimal.Decimal(repr(x)).as_tuple()
+    kept = "".join(map(str, digits)).rstrip("0")
+    exponent += len(digits) - len(kept)
+    digits = kept
+    point = len(digits) + exponent  # where the decimal point goes, counted from the first digit
+    if 0 <= exponent and point <= 16:
+        text = digits + "0" * exponent + ".0"
+    elif 0 < point <= 16:
+        text = f"{digits[:point]}.{digits[point:]}"
+    elif -5 < point <= 0:
+        text = "0." + "0" * -point + digits
+    else:
+        text = (digits if len(digits) == 1 else f"{digits[0]}.{digits[1:]}") + f"e{point - 1}"
+    return ("-" if sign else "") + text
+
+
+def _as_read(x: float) -> float:
+    """The float serde_json parses from `repr(x)` (its default, not correctly rounded parser): the decimal
+    digits as an integer made a float, then multiplied or divided by one power of ten. Up to 17 significant
+    digits this can be 1 ulp off x; openai-harmony reads the schemas that way."""
+    sign, digits, exponent = decimal.Decimal(repr(x)).as_tuple()
+    value = float(int("".join(map(str, digits))))
+    while exponent < -308 and value != 0.0:
+        value /= 1e308
+        exponent += 308
+    value = value * float(f"1e{exponent}") if exponent >= 0 else value / float(f"1e{-exponent}")
+    return -value if sign else value
 
 
 def _default(schema: dict, *, bare_enum_string: bool = True) -> str:

@@ -21,7 +21,6 @@ from . import harmony
 from .harmony_tools import ToolsError, function_tools
 from .tokenizer import Tokenizer
 
-CHOICES = ("auto", "none", "required")
 _FUNCTIONS = "functions."
 _MAX_LOOKAHEAD = 128  # header ids read after a call before deciding that no parallel call follows
 
@@ -107,10 +106,13 @@ class ForcedCall:
         tokenizer.id_of_bytes(b"")  # builds the tokenizer's map here, not on the engine's thread
 
     def allowed_tokens(self) -> torch.Tensor | None:
-        if self._tail_done is None:
-            ids = {self._tokenizer.id_of_bytes(rest[:k])
-                   for target in self._targets if target.startswith(self._written)
-                   for rest in [target[len(self._written):]] for k in range(1, len(rest) + 1)} - {None}
+        if self._tail_done is None:  # every token that some header still possible goes on with
+            ids = set()
+            for target in self._targets:
+                if target.startswith(self._written):
+                    rest = target[len(self._written):]
+                    ids.update(self._tokenizer.id_of_bytes(rest[:k]) for k in range(1, len(rest) + 1))
+            ids.discard(None)
         elif self._tail_done < len(self._tail):
             ids = {self._tail[self._tail_done]}
         else:

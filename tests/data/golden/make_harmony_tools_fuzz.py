@@ -80,6 +80,8 @@ class Fuzzer:
             s["examples"] = r.sample(["e1", "é", 3, "two words"], r.randint(0, 3))
         if r.random() < 0.25:
             s["default"] = r.choice(DEFAULTS.get(s.get("type") if isinstance(s.get("type"), str) else "", [None, "z"]))
+            if s.get("type") == "number" and r.random() < 0.5:  # 17 digits, any exponent: how floats are written
+                s["default"] = r.choice([1, -1]) * r.random() * 10.0 ** r.randint(-300, 300)
         return s
 
     def tools(self) -> list[dict]:
