@@ -46,11 +46,14 @@ def render(
     reasoning: str = "medium",
     date: str | datetime.date | None = None,
     tools: Sequence[dict] | None = None,
+    response_format: dict | None = None,
 ) -> list[int]:
     """Prompt ids for `messages` (OpenAI Chat Completions dicts), ending with `<|start|>assistant`.
 
     `reasoning` is low|medium|high; `date` ("YYYY-MM-DD" or a date) adds a "Current date" line to the
-    system message; `tools` (OpenAI function tools) are shown to the model as a `# Tools` section.
+    system message; `tools` (OpenAI function tools) are shown to the model as a `# Tools` section, and
+    `response_format` ({"name", "description", "schema"}: a JSON Schema the answer follows) as a
+    `# Response Formats` section after it, as harmony's guide writes it.
     `system` and `developer` messages become harmony developer instructions. An assistant message may
     carry `tool_calls` (its `content`, if any, is their preamble on `commentary`) and its reasoning as
     `reasoning_content` or `reasoning`; a `tool` message answers the call its `tool_call_id` names. The
@@ -76,6 +79,12 @@ def render(
             turns[0].text += f"\n\n{section}"
         else:
             turns.insert(0, _Turn("developer", section))
+    if response_format is not None:
+        section = _response_formats_section(response_format)
+        if turns and turns[0].role == "developer":
+            turns[0].text += f"\n\n{section}"
+        else:
+            turns.insert(0, _Turn("developer", section))
     last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=-1)
 
     ids = _Turn("system", system).render(tokenizer)
@@ -84,6 +93,12 @@ def render(
             continue
         ids += turn.render(tokenizer)
     return ids + [tokenizer.token_id("<|start|>")] + tokenizer.encode("assistant", specials=False)
+
+
+def _response_formats_section(fmt: dict) -> str:
+    """`# Response Formats`, `## {name}`, an optional `// {description}` line, then the schema as JSON."""
+    description = f"// {fmt['description']}\n" if fmt.get("description") else ""
+    return f"# Response Formats\n\n## {fmt['name']}\n\n{description}{json.dumps(fmt['schema'])}"
 
 
 def parse(tokenizer: Tokenizer, ids: Iterable[int]) -> list[dict]:

@@ -125,6 +125,15 @@ class Tokenizer:
         except KeyError:
             raise ValueError(f"the tokenizer has no special token {name!r}") from None
 
+    def backend_json(self) -> str:
+        """The `tokenizers` tokenizer as tokenizer.json text (what other libraries load it from)."""
+        return self._tokenizer.to_str()
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special tokens (`<|start|>`, `<|end|>`, ...)."""
+        return frozenset(self._specials.values())
+
     def token_bytes(self, token_id: int) -> bytes:
         """Raw bytes of one token; ids the tokenizer lacks (spare embedding rows) give b"" as in decode()."""
         token = self._tokenizer.id_to_token(int(token_id))

@@ -180,6 +180,11 @@ class ReplyAssembler:
                 pieces.append((self._open.get("channel", "final"), text))
         return pieces
 
+    @property
+    def in_answer(self) -> bool:
+        """The message being read is text for the user: on final or commentary, to no tool."""
+        return self._open is not None and self._open.get("channel") != "analysis" and "recipient" not in self._open
+
     def finish(self) -> None:
         """The generation ended: a message cut off by the token limit is kept as written so far."""
         if self._open is not None and not self.stopped and self._after_call is None:

@@ -24,7 +24,7 @@ import torch
 
 from ..budget import check_fits, free_bytes
 from .decode_graph import DecodeGraph
-from .sampling import SamplingParams, SlotSampler
+from .sampling import Sampled, SamplingParams, SlotSampler, TokenLogprobs, fill_masks
 
 
 @dataclass
@@ -46,7 +46,7 @@ class _Launched:
     """A decode step queued on the device whose tokens the host has not read yet."""
 
     rows: list  # (slot, request) pairs, in the order of `tokens`
-    tokens: torch.Tensor  # on the host (pinned, filled by an async copy) or, off CUDA, the tokens themselves
+    tokens: Sampled  # on the host (pinned, filled by an async copy) or, off CUDA, the draws themselves
     done: "torch.cuda.Event | None"  # recorded after the copy
 
 
@@ -66,24 +66,14 @@ class TokenConstraint(Protocol):
     None to leave this token free. The other logits of the request's row become -inf, so greedy and random
     sampling, top-k and top-p all pick among the allowed ids. After sampling, `advance(token)` gets the token
     chosen (a free one too) before the next `allowed_tokens()`. Both run on the engine's thread. A request with
-    a constraint is never decoded ahead (no lookahead step), as its next mask needs the token before.
+    a constraint is never decoded ahead (no lookahead step), as its next mask needs the token before. A class
+    may also offer a static `fill_masks(items, out)` that writes the masks of all its constrained rows at once,
+    as bits (sampling.fill_masks): grammars compute theirs in one parallel call.
     """
 
     def allowed_tokens(self) -> "torch.Tensor | None": ...
 
     def advance(self, token: int) -> None: ...
-
-
-def _constrain(logits: torch.Tensor, rows) -> None:
-    """Sets to -inf, in place, the logits [slots, V] that the constraints of `rows` ((slot, request) pairs) rule
-    out for their next token."""
-    for b, req in rows:
-        allowed = req.constraint.allowed_tokens() if req.constraint is not None else None
-        if allowed is not None:
-            keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            n = min(allowed.shape[0], keep.shape[0])
-            keep[:n] = allowed[:n]
-            logits[b].masked_fill_(~keep, float("-inf"))
 
 
 @dataclass(eq=False)
@@ -100,6 +90,7 @@ class Request:
     cancelled: bool = False
     seed: int = 0  # with the count of tokens drawn, picks the sampling noise (see sampling.py)
     constraint: TokenConstraint | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # one per token, when params.logprobs is set
 
     @property
     def finished(self) -> bool:
@@ -117,6 +108,9 @@ def check_request(config, max_len: int, prompt: list[int], params: SamplingParam
     bad = [t for t in prompt if not 0 <= t < config.vocab_size]
     if bad:
         raise ValueError(f"prompt holds token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
+    bad = [t for t, _ in params.logit_bias if t >= config.vocab_size]
+    if bad:
+        raise ValueError(f"logit_bias names token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
     if len(prompt) + params.max_new_tokens > max_len:
         what = "the model's context" if max_len == config.max_context else "the engine's max length"
         raise ValueError(f"prompt of {len(prompt)} tokens + max_new_tokens {params.max_new_tokens} exceeds "
@@ -127,10 +121,13 @@ class Engine:
     """cuda_graph: capture decode steps in a CUDA graph (None: when the model has `decode_step` and a GPU).
     lookahead: while the host reads back a decode step's tokens and streams them, the next decode step of
     the same requests already runs (None: on a GPU, where it hides the host's time per step; a request that
-    finished meanwhile just drops its extra token)."""
+    finished meanwhile just drops its extra token).
+    unpenalized: ids that presence and frequency penalties never count (None: the special tokens of
+    `model.tokenizer`, when it has one), so penalties leave the chat format's control tokens alone."""
 
     def __init__(self, model, max_batch: int = 8, max_len: int = 4096, prefill_chunk: int = 2048,
-                 cuda_graph: bool | None = None, lookahead: bool | None = None):
+                 cuda_graph: bool | None = None, lookahead: bool | None = None,
+                 unpenalized: Iterable[int] | None = None):
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch ({max_batch}) and prefill_chunk ({prefill_chunk}) must be >= 1")
         if max_len > model.config.max_context:
@@ -147,7 +144,11 @@ class Engine:
         self.decoder = DecodeGraph(model, self.cache, cuda_graph) if hasattr(model, "decode_step") else None
         self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
         self._launched: _Launched | None = None
-        self.sampler = SlotSampler(max_batch, self.device)
+        if unpenalized is None:
+            unpenalized = getattr(getattr(model, "tokenizer", None), "special_ids", ())
+        self.sampler = SlotSampler(max_batch, self.device, model.config.vocab_size, exempt=unpenalized)
+        self._masks = torch.empty(max_batch, (model.config.vocab_size + 31) // 32, dtype=torch.int32,
+                                  pin_memory=self.device.type == "cuda")  # constrained rows' allowed ids, as bits
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self._active_rows: tuple | None = None
         self.slots: list[Request | None] = [None] * max_batch
@@ -223,11 +224,10 @@ class Engine:
         if not ready:
             return []
         rows = self._index(tuple(b for b, _ in ready))
-        _constrain(logits, ready)
-        nxt = self.sampler(logits, rows, [b for b, _ in ready])
+        nxt = self._sample(logits, rows, ready)
         if self.decoder is not None:  # the next decode step's input, written without leaving the device
-            self.decoder.tokens.index_copy_(0, rows, nxt)
-        return [(req, t) for (_, req), t in zip(ready, nxt.tolist())]  # the one sync: to stream
+            self.decoder.tokens.index_copy_(0, rows, nxt.tokens)
+        return self._produced(ready, nxt)  # the one sync: to stream
 
     def _decoding(self) -> list[tuple[int, Request]] | None:
         """(slot, request) of every occupied slot when all of them decode (none prefills), else None."""
@@ -238,26 +238,45 @@ class Engine:
         """Queue a decode step of `rows` and the sampling of their next tokens; nothing waits for the device.
         Their inputs are already in the graph's token buffer (written when they were sampled)."""
         logits = self._decode([b for b, _ in rows])
-        _constrain(logits, rows)
         index = self._index(tuple(b for b, _ in rows))
-        nxt = self.sampler(logits, index, [b for b, _ in rows])
-        self.decoder.tokens.index_copy_(0, index, nxt)
+        nxt = self._sample(logits, index, rows)
+        self.decoder.tokens.index_copy_(0, index, nxt.tokens)
         self.steps += 1
-        if not nxt.is_cuda:
+        if not nxt.tokens.is_cuda:
             return _Launched(rows, nxt, None)
-        host = torch.empty(nxt.shape, dtype=nxt.dtype, pin_memory=True)
-        host.copy_(nxt, non_blocking=True)
+        host = nxt.to_host()
         done = torch.cuda.Event()
         done.record()
         return _Launched(rows, host, done)
+
+    def _sample(self, logits: torch.Tensor, index: torch.Tensor, rows: list[tuple[int, Request]]) -> Sampled:
+        """The next tokens of `rows` ((slot, request) pairs; `index` their slots on the device). Constrained
+        rows' masks are computed on the host meanwhile: the forward that makes `logits` is already queued."""
+        constraints = [req.constraint for _, req in rows]
+        allowed = None
+        if any(c is not None for c in constraints):
+            allowed = self._masks[:len(rows)]
+            fill_masks(constraints, allowed)
+        return self.sampler(logits, index, [b for b, _ in rows], allowed)
+
+    @staticmethod
+    def _produced(rows: list[tuple[int, Request]], sampled: Sampled) -> list[tuple[Request, int]]:
+        """(request, token) of the rows still running (not finished or cancelled since the draw), their
+        logprobs recorded; waits for the tokens if they are still on the device."""
+        out = []
+        for i, ((b, req), token) in enumerate(zip(rows, sampled.tokens.tolist())):
+            if req.slot == b and not req.finished:
+                if req.params.logprobs is not None:
+                    req.logprobs.append(sampled.logprobs(i, req.params.logprobs))
+                out.append((req, token))
+        return out
 
     def _collect(self, launched: "_Launched") -> list[tuple[Request, int]]:
         """Wait for a launched step's tokens (not for steps queued after it); drop those of requests that
         finished or were cancelled since it was launched."""
         if launched.done is not None:
             launched.done.synchronize()
-        tokens = launched.tokens.tolist()
-        return [(req, t) for (b, req), t in zip(launched.rows, tokens) if req.slot == b and not req.finished]
+        return self._produced(launched.rows, launched.tokens)
 
     def _account(self, elapsed: float, produced: list[tuple[Request, int]]) -> None:
         for req in self.slots:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
+from ..runtime import grammar
 from ..runtime.engine import Engine
 from ..tokenizer import Tokenizer
 from . import chat_completions, completions, responses
@@ -44,8 +45,9 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "gpt-oss", api_
     accepted besides loopback names and IP addresses ("*": any). `cors_origins`: web origins whose pages
     may call the API (none by default)."""
     metrics = Metrics()
-    worker = EngineWorker(Engine(model, max_batch=max_batch, max_len=max_len), max_queue=max_queue,
-                          metrics=metrics)
+    # Penalties never count the chat format's control tokens.
+    worker = EngineWorker(Engine(model, max_batch=max_batch, max_len=max_len, unpenalized=tokenizer.special_ids),
+                          max_queue=max_queue, metrics=metrics)
     metrics.gauges += [
         ("gpt_oss_queue_depth", "Requests waiting for a slot", worker.queued),
         ("gpt_oss_running_requests", "Requests in the running batch", worker.running),
@@ -56,6 +58,7 @@ def create_app(model, tokenizer: Tokenizer, *, model_name: str = "gpt-oss", api_
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         worker.start()
+        grammar.warm_up(tokenizer, model.config.vocab_size)  # structured outputs' tokenizer view, ~10 s for o200k
         yield
         worker.stop()
 

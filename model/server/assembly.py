@@ -24,9 +24,10 @@ class Delta:
     content: str = ""
     reasoning: str = ""
     tool_calls: list[dict] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)  # (token id, TokenLogprobs) of the answer's tokens, if asked
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.reasoning or self.tool_calls)
+        return bool(self.content or self.reasoning or self.tool_calls or self.logprobs)
 
 
 class StopMatcher:
@@ -68,6 +69,7 @@ class ChatAssembler:
 
     def __init__(self, tokenizer: Tokenizer, stop: Iterable[str] = (), *, prefix=(), parallel_calls: bool = False):
         self.reply = ReplyAssembler(tokenizer, parallel_calls=parallel_calls, prefix=prefix)
+        self._specials = tokenizer.special_ids
         self._stop = StopMatcher(stop)
         self._pending = self._delta(self.reply.prefix_pieces)
 
@@ -90,6 +92,11 @@ class ChatAssembler:
     def finish(self) -> Delta:
         self.reply.finish()
         return Delta(content=self._stop.flush())
+
+    def answer_token(self, token: int) -> bool:
+        """Whether `token`, just fed, is part of the answer's text (what logprobs report): not reasoning, not
+        a tool call, not harmony's structure."""
+        return token not in self._specials and self.reply.in_answer
 
     def finish_reason(self, engine_reason: str) -> str:
         return "stop" if self._stop.stopped else self.reply.finish_reason(engine_reason)
@@ -122,6 +129,9 @@ class TextAssembler:
         if token in self._end_tokens:
             return Delta()
         return Delta(content=self._stop.feed(self._decoder.feed(token)))
+
+    def answer_token(self, token: int) -> bool:
+        return token not in self._end_tokens
 
     def finish(self) -> Delta:
         return Delta(content=self._stop.feed(self._decoder.flush()) + self._stop.flush())

@@ -29,7 +29,9 @@ class APIError(Exception):
 
 def sampling_param_name(message: str) -> str | None:
     """The request field a `SamplingParams` ValueError is about (its first named problem)."""
-    wire = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
+    wire = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+            "logit_bias": "logit_bias", "logprobs": "logprobs"}
     found = [(message.find(name), field) for name, field in wire.items() if name in message]
     return min(found)[1] if found else None
 

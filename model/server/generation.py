@@ -58,8 +58,10 @@ class ServerContext:
         return await offload(run)
 
     def start(self, body: schemas.GenerationRequest, prompt: list[int], prompt_param: str, max_tokens: int | None,
-              default_max_tokens: int | None, stop_tokens, assembler, constraint=None) -> Generation:
-        """Checks the limits of one request and submits it; every refusal is a 4xx before any work."""
+              default_max_tokens: int | None, stop_tokens, assembler, constraint=None,
+              logprobs: int | None = None) -> Generation:
+        """Checks the limits of one request and submits it; every refusal is a 4xx before any work. logprobs:
+        how many alternatives each token's logprobs list (None: no logprobs)."""
         max_len = self.worker.engine.max_len
         room = max_len - len(prompt)
         if room < 1:
@@ -75,13 +77,16 @@ class ServerContext:
         try:
             params = SamplingParams(max_new_tokens=max_tokens, seed=body.seed,
                                     temperature=1.0 if body.temperature is None else body.temperature,
-                                    top_p=1.0 if body.top_p is None else body.top_p)
+                                    top_p=1.0 if body.top_p is None else body.top_p,
+                                    presence_penalty=body.presence_penalty or 0.0,
+                                    frequency_penalty=body.frequency_penalty or 0.0,
+                                    logit_bias=body.token_bias(), logprobs=logprobs)
         except ValueError as e:
             raise APIError(400, str(e), param=sampling_param_name(str(e))) from None
         try:
             stream = self.worker.submit(prompt, params, stop_tokens, constraint)
         except ValueError as e:
-            raise APIError(400, str(e), param=prompt_param) from None
+            raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else prompt_param) from None
         return Generation(stream, assembler, len(prompt))
 
 
@@ -91,12 +96,19 @@ class Generation:
     def __init__(self, stream: TokenStream, assembler: ChatAssembler | TextAssembler, prompt_tokens: int):
         self.stream, self.assembler = stream, assembler
         self.prompt_tokens, self.completion_tokens = prompt_tokens, 0
+        self.logprobs: list = []  # (token id, TokenLogprobs) of the answer's tokens so far, when asked for
 
     async def deltas(self) -> AsyncIterator[tuple[Delta, str | None]]:
         """(text delta, finish reason) pairs; the reason comes with the last one."""
+        request = self.stream.request
         async for token in self.stream:
+            drawn = self.completion_tokens
             self.completion_tokens += 1
             delta = self.assembler.feed(token)
+            if request.params.logprobs is not None and self.assembler.answer_token(token):
+                # The engine recorded the token's logprobs before handing the token over.
+                delta.logprobs.append((token, request.logprobs[drawn]))
+                self.logprobs.append(delta.logprobs[-1])
             if self.assembler.stopped:  # a stop string, or a tool call that ends the reply
                 yield delta, self.assembler.finish_reason("stop")
                 return

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from .. import tool_calls
 from ..harmony_tools import ToolsError
-from . import schemas
+from . import schemas, structured
 from .assembly import ChatAssembler, Delta
 from .errors import APIError
 from .body import read_json
@@ -63,9 +63,11 @@ class ResponsesRequest(schemas.GenerationRequest):
         if self.truncation not in (None, "disabled"):
             raise APIError(400, f"truncation {self.truncation!r} is not supported: only 'disabled'",
                            param="truncation")
-        text_format = (self.text or {}).get("format") or {"type": "text"}
-        if not isinstance(text_format, dict) or text_format.get("type") != "text":
-            raise APIError(400, "text.format: only {'type': 'text'} is supported by this server", param="text")
+        if self.text is not None and not isinstance(self.text, dict):
+            raise APIError(400, "text must be an object, e.g. {'format': {'type': 'json_schema', ...}}", param="text")
+
+    def text_format(self) -> dict | None:
+        return (self.text or {}).get("format")
 
     def effort(self) -> str:
         effort = (self.reasoning or {}).get("effort") or "medium"
@@ -93,6 +95,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
         effort = body.effort()
         instructions = [{"role": "developer", "content": body.instructions}] if body.instructions else []
         chat_tools = [_chat_tool(i, tool) for i, tool in enumerate(body.tools or [])]
+        final, section = structured.format_rule(body.text_format(), "text.format", flat=True)
         try:
             plan = tool_calls.plan_tools(chat_tools, body.tool_choice)
         except ToolsError as e:
@@ -100,15 +103,21 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
 
         def render() -> list[int]:
             try:
-                return plan.prompt(ctx.tokenizer, instructions + conversation, reasoning=effort)
+                return plan.prompt(ctx.tokenizer, instructions + conversation, reasoning=effort,
+                                   response_format=section)
             except ToolsError as e:  # the items behind `messages` came in as `input`
                 raise ToolsError(str(e), "input" if e.param == "messages" else e.param) from None
 
         prompt = await ctx.tokenize("input", [instructions, conversation], render)
         parallel = bool(body.parallel_tool_calls and plan.tools)
         assembler = ChatAssembler(ctx.tokenizer, prefix=plan.prefix_ids(ctx.tokenizer), parallel_calls=parallel)
-        gen = ctx.start(body, prompt, "input", body.max_output_tokens or body.max_tokens, ctx.default_max_tokens,
-                        tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, plan.constraint(ctx.tokenizer))
+        max_tokens = body.max_output_tokens or body.max_tokens
+        # The Responses API's function tools are strict unless they say otherwise.
+        constraint = await structured.reply_constraint(ctx, plan, final=final, parallel=parallel,
+                                                       max_tokens=max_tokens, prompt_len=len(prompt),
+                                                       strict_default=True)
+        gen = ctx.start(body, prompt, "input", max_tokens, ctx.default_max_tokens,
+                        tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, constraint)
         response = _response(f"resp_{uuid.uuid4().hex}", ctx.model_name, body, effort)
 
         def done(output: _Output, finish: str) -> dict:
@@ -209,7 +218,8 @@ def _chat_tool(index: int, tool) -> dict:
         kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
         raise APIError(400, f"tools[{index}].type {kind!r} is not supported: only 'function' tools are",
                        param="tools")
-    return {"type": "function", "function": {k: tool[k] for k in ("name", "description", "parameters") if k in tool}}
+    return {"type": "function",
+            "function": {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}}
 
 
 def _response(response_id: str, model: str, body: ResponsesRequest, effort: str) -> dict:
@@ -220,7 +230,7 @@ def _response(response_id: str, model: str, body: ResponsesRequest, effort: str)
         "max_output_tokens": body.max_output_tokens, "model": model, "output": [],
         "parallel_tool_calls": bool(body.parallel_tool_calls), "previous_response_id": body.previous_response_id,
         "reasoning": {"effort": effort, "summary": None}, "store": body.store is not False,
-        "temperature": body.temperature, "top_p": body.top_p, "text": {"format": {"type": "text"}},
+        "temperature": body.temperature, "top_p": body.top_p, "text": {"format": body.text_format() or {"type": "text"}},
         "tool_choice": body.tool_choice or "auto", "truncation": "disabled",
         "tools": [{"strict": None, "description": None, "parameters": None, **tool} for tool in body.tools or []],
         "metadata": body.metadata or {}, "usage": None,
