@@ -18,8 +18,8 @@ bandwidth x N / steps; per protocol (`baseLatencies`, `hwLatencies` NVLink / PCI
 At batch 1 (5.8 KB per all-reduce) LL wins and the latency is all there is: 7.8 us over 2 NVLink GPUs.
 The rank's weight and KV reads take bytes / the device's achievable bandwidth. The experts a rank reads are
 the distinct experts of its own that the batch routes to, and the step waits for the rank with the most:
-at batch 1 the 4 chosen experts rarely split evenly (over 2 ranks the busier one reads 2.75 of them on
-average, not 2). Routing is modelled as uniform, as in model/roofline.py. Not modelled: kernel launch and
+at batch 1 the 4 chosen experts rarely split evenly (20b over 2 ranks: the busier one reads 2.70 of them
+on average, not 2). Routing is modelled as uniform, as in model/roofline.py. Not modelled: kernel launch and
 per-kernel overheads (bench/static_model.py's part), the host's step header (hidden by the engine's
 lookahead while the host keeps ahead of the GPUs), GeForce cards' missing PCIe P2P (NCCL then stages
 through host memory: slower than modelled here).
