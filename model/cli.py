@@ -108,7 +108,7 @@ def _load(args, need_tokenizer: bool = True):
     from . import GptOss, Tokenizer
 
     name = args.model or DEFAULT_MODEL
-    if args.model is None:
+    if args.model is None and not getattr(args, "follower", False):
         print(f"gpt-oss-triton: no --model given: using the embedded '{DEFAULT_MODEL}' model with seeded random "
               "weights, so the text is gibberish. Pass --model DIR for real weights.", file=sys.stderr)
     try:

@@ -88,14 +88,14 @@ def main():
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = torch.float32 if backend == "torch" else torch.bfloat16
-    par = GptOss.from_pretrained(path, backend=backend, dtype=dtype, tensor_parallel=world)
+    par = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device="cpu", tensor_parallel=world)
     ref = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device="cpu") if rank == 0 else None
     shares(par, world)
     if backend == "torch":
         check_forward(par, ref, rank, "checkpoint")
-        preset = GptOss.from_pretrained("tiny", backend=backend, dtype=dtype, tensor_parallel=world)
-        check_forward(preset, GptOss.from_pretrained("tiny", backend=backend, dtype=dtype) if rank == 0 else None,
-                      rank, "preset")
+        preset = GptOss.from_pretrained("tiny", backend=backend, dtype=dtype, device="cpu", tensor_parallel=world)
+        whole = GptOss.from_pretrained("tiny", backend=backend, dtype=dtype, device="cpu") if rank == 0 else None
+        check_forward(preset, whole, rank, "preset")
         greedy, seeded = SamplingParams(max_new_tokens=12, temperature=0.0), SamplingParams(max_new_tokens=9, seed=5)
         runs = [([(list(b"Hello, parallel world"), greedy)], 1, 40),
                 # three requests over two slots: the third reuses a freed slot (its reset reaches the followers)

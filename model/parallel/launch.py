@@ -69,6 +69,7 @@ def run(command, args, load, needs) -> int:
                     pass
         else:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle: it stops the others
+            args.follower = True
             model, _ = load(args, need_tokenizer=False)
             status = follow(model, control)
     finally:

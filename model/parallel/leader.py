@@ -150,8 +150,8 @@ class Leader:
             except BaseException as e:
                 if op == NEW_CACHE and isinstance(e, ValueError):  # every rank's memory check refused it
                     raise
-                fatal(self.model.parallel, f"a step failed on this rank, so the ranks are out of step: "
-                                           f"{_describe(e)}")
+                fatal(self.model.parallel, f"a step failed on this rank ({_describe(e)}), so the ranks are out of "
+                                           "step (if another rank stopped first, its message says why); stopping")
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> LeaderCache:
         max_len = max_len or self.model.config.max_context
@@ -180,7 +180,11 @@ def follow(model, control: Control) -> int:
     caches, decoders = {}, {}
     device = model.embedding.weight.device
     while True:
-        op, cache_id, a, b, resets, frees, extra = control.recv()
+        try:
+            op, cache_id, a, b, resets, frees, extra = control.recv()
+        except Exception as e:
+            fatal(model.parallel, f"lost rank 0 while waiting for its next step ({_describe(e)}): it has stopped "
+                                  "(see its message); stopping")
         try:
             for f in frees:
                 caches.pop(f, None)
@@ -206,7 +210,8 @@ def follow(model, control: Control) -> int:
             else:
                 raise ValueError(f"unknown step {op} from rank 0")
         except Exception as e:
-            fatal(model.parallel, f"a step from rank 0 failed here, so the ranks are out of step: {_describe(e)}")
+            fatal(model.parallel, f"a step from rank 0 failed on this rank ({_describe(e)}), so the ranks are out of "
+                                  "step (if another rank stopped first, its message says why); stopping")
 
 
 def _describe(e: BaseException) -> str:
