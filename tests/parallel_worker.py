@@ -2,14 +2,16 @@
 model in one process. Exits non-zero with the failed check's message; prints one "ok: ..." line per check on
 rank 0.
 
-    torchrun --nproc-per-node N tests/parallel_worker.py CHECKPOINT_DIR {torch|triton}
+    torchrun --nproc-per-node N tests/parallel_worker.py CHECKPOINT_DIR {torch|triton} [cpu|cuda]
 
 torch (fp32): logits of a full forward, of prefill and every decode step through the KV cache and of packed
 variable-length steps within fp32 tolerance, on the checkpoint and on the preset; then through the engine
 (rank 0 leads, the others follow): greedy and seeded generations and a continuous batch with slot reuse give
-identical tokens, and the logits the sampler sees agree. triton (bf16, interpreter): a few tokens through
-the engine (packed prefill, then decode steps in the parallel decode graph) within the bf16 bounds.
+identical tokens, and the logits the sampler sees agree. triton (bf16): a few tokens through the engine
+(packed prefill, then decode steps in the parallel decode graph) within the bf16 bounds: in the interpreter
+on the CPU; on GPUs (NCCL, one per rank) with the decode step and its collectives in a CUDA graph.
 """
+import os
 import sys
 
 import torch
@@ -84,12 +86,18 @@ def shares(par, world):
 
 
 def main():
-    path, backend = sys.argv[1], sys.argv[2]
-    dist.init_process_group("gloo")
+    path, backend, where = sys.argv[1], sys.argv[2], (sys.argv[3:] or ["cpu"])[0]
+    if where == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = torch.float32 if backend == "torch" else torch.bfloat16
-    par = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device="cpu", tensor_parallel=world)
-    ref = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device="cpu") if rank == 0 else None
+    par = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device=device, tensor_parallel=world)
+    ref = GptOss.from_pretrained(path, backend=backend, dtype=dtype, device=device) if rank == 0 else None
     shares(par, world)
     if backend == "torch":
         check_forward(par, ref, rank, "checkpoint")
@@ -100,8 +108,11 @@ def main():
         runs = [([(list(b"Hello, parallel world"), greedy)], 1, 40),
                 # three requests over two slots: the third reuses a freed slot (its reset reaches the followers)
                 ([(list(b"one"), greedy), (list(b"a longer second prompt"), seeded), (list(b"3"), greedy)], 2, 48)]
-    else:
+    elif where == "cpu":  # the interpreter: a prefill and two decode steps
         runs = [([(list(b"Hi!!"), SamplingParams(max_new_tokens=3, temperature=0.0))], 1, 8)]
+    else:
+        greedy = SamplingParams(max_new_tokens=24, temperature=0.0)
+        runs = [([(list(b"Over the graphs"), greedy), (list(b"and NCCL"), greedy)], 2, 48)]
     control = Control()
     if rank != 0:
         sys.exit(follow(par, control))

@@ -43,10 +43,10 @@ def checkpoint(tmp_path_factory):
                            shard_bytes=1 << 20)
 
 
-def _worker(checkpoint, ranks: int, backend: str, **env) -> str:
+def _worker(checkpoint, ranks: int, backend: str, device: str = "cpu", **env) -> str:
     run = subprocess.run(TORCHRUN + [f"--nproc-per-node={ranks}", str(TESTS / "parallel_worker.py"), str(checkpoint),
-                                     backend], capture_output=True, text=True, timeout=TIMEOUT, env=_env(**env),
-                         cwd=TESTS)
+                                     backend, device], capture_output=True, text=True, timeout=TIMEOUT,
+                         env=_env(**env), cwd=TESTS)
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-6000:]}"
     return run.stdout
 
@@ -59,6 +59,15 @@ def test_torch_backend_matches_one_process(checkpoint, ranks):
 
 def test_triton_backend_two_ranks_in_the_interpreter(checkpoint):
     out = _worker(checkpoint, 2, "triton", TRITON_INTERPRET="1")
+    assert out.count("ok:") == 1, out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_triton_backend_two_gpus_with_cuda_graphs(checkpoint):
+    """NCCL, one GPU per rank; the decode steps (with their all-reduces, the input broadcast and the logits'
+    all-gather) replay as each rank's CUDA graph."""
+    out = _worker(checkpoint, 2, "triton", "cuda")
     assert out.count("ok:") == 1, out
 
 

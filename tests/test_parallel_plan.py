@@ -177,3 +177,15 @@ def test_fit_table():
     assert rows[("gpt-oss-120b", "2x48 GB")]["max_batch"][131072] >= 1
     assert rows[("gpt-oss-120b", "4x24 GB")]["max_batch"][4096] >= 8
     assert rows[("gpt-oss-120b", "8x80 GB")]["weights_per_rank"] < 9e9
+
+
+def test_tensor_parallel_needs_a_process_group_of_that_size(capsys):
+    from gpt_oss_triton.model import GptOss
+    from gpt_oss_triton.model.cli import main
+
+    with pytest.raises(ValueError, match="needs an initialised torch.distributed process group of 2 ranks: launch "
+                                         "with torchrun --nproc-per-node 2"):
+        GptOss.from_pretrained("tiny", tensor_parallel=2)
+    with pytest.raises(SystemExit, match="--tensor-parallel 2 runs one process per rank: launch it with torchrun "
+                                         "--nproc-per-node 2"):
+        main(["generate", "--prompt", "x", "--tensor-parallel", "2"])
