@@ -40,29 +40,29 @@ class ShardPlan:
         if problems:
             raise ValueError(f"tensor parallel {n}: " + "; ".join(problems))
 
+    def _share(self, count: int) -> tuple[int, int]:
+        per = count // self.world_size
+        return self.rank * per, (self.rank + 1) * per
+
     @property
     def q_heads(self) -> tuple[int, int]:
-        per = self.config.num_attention_heads // self.world_size
-        return self.rank * per, (self.rank + 1) * per
+        return self._share(self.config.num_attention_heads)
 
     @property
     def kv_heads(self) -> tuple[int, int]:
         hkv, n = self.config.num_key_value_heads, self.world_size
         if n <= hkv:
-            per = hkv // n
-            return self.rank * per, (self.rank + 1) * per
+            return self._share(hkv)
         first = self.rank // (n // hkv)  # the KV head this rank's query heads read
         return first, first + 1
 
     @property
     def experts(self) -> tuple[int, int]:
-        per = self.config.num_experts // self.world_size
-        return self.rank * per, (self.rank + 1) * per
+        return self._share(self.config.num_experts)
 
     @property
     def vocab(self) -> tuple[int, int]:
-        per = self.config.vocab_size // self.world_size
-        return self.rank * per, (self.rank + 1) * per
+        return self._share(self.config.vocab_size)
 
     def slices(self) -> dict[str, TensorSlice]:
         """Canonical tensor name -> this rank's slice; names left out are replicated (read whole)."""
