@@ -24,6 +24,10 @@ per-kernel overheads (bench/static_model.py's part), the host's step header (hid
 lookahead while the host keeps ahead of the GPUs), GeForce cards' missing PCIe P2P (NCCL then stages
 through host memory: slower than modelled here).
 
+To add parallelism to a single-GPU static model (bench/static_model.py): `rank_read_bytes(config, N, batch,
+context)` gives the busiest rank's bytes per step in place of one GPU's, and `collective_step_seconds(config,
+N, batch, device)` the time its collectives add to each step.
+
 `python bench/static_collectives.py` prints, for 20b and 120b on H100 SXM (NVLink), L40S and RTX 4090
 (PCIe 4.0), batch 1 and 64, N = 1, 2, 4, 8: the modelled step time, its collective part and the speed-up.
 """

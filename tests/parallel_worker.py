@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from gpt_oss_triton.model import GptOss
-from gpt_oss_triton.model.parallel.leader import STOP, Control, Leader, follow
+from gpt_oss_triton.model.parallel.leader import Control, Leader, follow
 from gpt_oss_triton.model.runtime.engine import Engine
 from gpt_oss_triton.model.runtime.sampling import SamplingParams
 from helpers import assert_close
@@ -131,7 +131,7 @@ def main():
             print(f"ok: engine, {len(requests)} request(s) over {max_batch} slot(s): tokens {got}", flush=True)
         status = 0
     finally:
-        control.send(STOP, a=status)
+        control.stop(status)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..budget import check_layout, free_bytes
 from .group import TensorParallel
-from .leader import STOP, Control, Leader, follow
+from .leader import Control, Leader, follow
 from .watchdog import Watchdog
 
 
@@ -64,7 +64,7 @@ def run(command, args, load, needs) -> int:
                 status = command(args)
             finally:
                 try:
-                    control.send(STOP, a=status)
+                    control.stop(status)
                 except RuntimeError:  # the followers are gone already: nothing to stop
                     pass
         else:

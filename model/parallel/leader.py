@@ -28,7 +28,7 @@ from ..budget import check_layout, free_bytes
 from ..runtime.decode_graph import DecodeGraph
 
 NEW_CACHE, PACKED, DECODE, STOP = 1, 2, 3, 4
-_HEADER = 8  # op, cache id, two arguments, resets, frees, extra ints, padding
+_HEADER = 7  # op, cache id, two arguments, and how many resets, frees and extra ints follow
 _IDLE_TIMEOUT = timedelta(days=3650)  # followers wait for rank 0's next step as long as it stays alive
 
 
@@ -47,7 +47,7 @@ class Control:
         self.group = dist.new_group(backend="gloo", timeout=_IDLE_TIMEOUT)
 
     def send(self, op: int, cache: int = 0, a: int = 0, b: int = 0, resets=(), frees=(), extra=()) -> None:
-        header = torch.tensor([op, cache, a, b, len(resets), len(frees), len(extra)] + [0] * (_HEADER - 7))
+        header = torch.tensor([op, cache, a, b, len(resets), len(frees), len(extra)])
         dist.broadcast(header, 0, group=self.group)
         payload = list(resets) + list(frees) + list(extra)
         if payload:
@@ -57,12 +57,16 @@ class Control:
         """(op, cache, a, b, resets, frees, extra)."""
         header = torch.zeros(_HEADER, dtype=torch.int64)
         dist.broadcast(header, 0, group=self.group)
-        op, cache, a, b, n_resets, n_frees, n_extra = header[:7].tolist()
+        op, cache, a, b, n_resets, n_frees, n_extra = header.tolist()
         payload = torch.zeros(n_resets + n_frees + n_extra, dtype=torch.int64)
         if payload.numel():
             dist.broadcast(payload, 0, group=self.group)
         p = payload.tolist()
         return op, cache, a, b, p[:n_resets], p[n_resets:n_resets + n_frees], p[n_resets + n_frees:]
+
+    def stop(self, status: int = 0) -> None:
+        """Tell the followers to return from `follow` with `status` (rank 0's exit status)."""
+        self.send(STOP, a=status)
 
     def gather(self, value: int) -> list[int]:
         """Every rank's `value`, in rank order, on every rank."""
@@ -168,11 +172,6 @@ class Leader:
 
     def decode_graph(self, cache: LeaderCache, capture: bool | None = None) -> ParallelDecodeGraph:
         return ParallelDecodeGraph(self.model, cache.inner, capture, leader=self, cache_id=cache.id)
-
-    def stop(self, status: int = 0) -> None:
-        """Tell the followers to return from `follow` (with `status`)."""
-        with self._lock:
-            self.control.send(STOP, a=status)
 
 
 def follow(model, control: Control) -> int:
