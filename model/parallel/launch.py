@@ -15,7 +15,7 @@ import torch.distributed as dist
 from ..budget import check_layout, free_bytes
 from .group import TensorParallel
 from .leader import Control, Leader, follow
-from .watchdog import Watchdog
+from .watchdog import Watchdog, peer_timeout
 
 
 def tensor_parallel(value: int | None) -> int:
@@ -51,9 +51,13 @@ def run(command, args, load, needs) -> int:
     """Run `command(args)` on rank 0, where `args.lead(model)` wraps the model it loads in the Leader; the other
     ranks `load(args)` their shares and follow. `needs(args)` -> (batch, context) the command's engine will
     ask for, checked against every rank's memory first. Returns this rank's exit status (rank 0's everywhere)."""
+    try:
+        timeout = peer_timeout()
+    except ValueError as e:
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
     parallel, device = init(args.tensor_parallel, args.device)
     args.device = str(device)
-    watchdog = Watchdog(parallel).start()
+    watchdog = Watchdog(parallel, timeout=timeout).start()
     control = Control()
     status = 1
     try:

@@ -18,12 +18,25 @@ import torch.distributed as dist
 
 from .leader import fatal
 
-DEFAULT_TIMEOUT = float(os.environ.get("GPT_OSS_TRITON_PEER_TIMEOUT", 15.0))
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "GPT_OSS_TRITON_PEER_TIMEOUT", 15.0
+
+
+def peer_timeout() -> float:
+    """Seconds of silence after which a peer counts as gone: $GPT_OSS_TRITON_PEER_TIMEOUT, else 15."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, str(DEFAULT_TIMEOUT))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 class Watchdog:
-    def __init__(self, parallel, store=None, interval: float = 1.0, timeout: float = DEFAULT_TIMEOUT):
-        self.parallel, self.interval, self.timeout = parallel, interval, timeout
+    def __init__(self, parallel, store=None, interval: float = 1.0, timeout: float | None = None):
+        self.parallel, self.interval = parallel, interval
+        self.timeout = peer_timeout() if timeout is None else timeout
         self.store = dist.PrefixStore("gpt_oss_triton/watchdog/", store or _store(interval))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gpt-oss-watchdog", daemon=True)
