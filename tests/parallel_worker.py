@@ -111,7 +111,7 @@ def main():
     elif where == "cpu":  # the interpreter: a prefill and two decode steps
         runs = [([(list(b"Hi!!"), SamplingParams(max_new_tokens=3, temperature=0.0))], 1, 8)]
     else:
-        greedy = SamplingParams(max_new_tokens=24, temperature=0.0)
+        greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
         runs = [([(list(b"Over the graphs"), greedy), (list(b"and NCCL"), greedy)], 2, 48)]
     control = Control()
     if rank != 0:
