@@ -135,8 +135,12 @@ def _moe_combine_kernel(y_ptr, weights_ptr, scatter_ptr, residual_ptr, out_ptr, 
     acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
     for slot in tl.static_range(K):  # fixed slot order: the same sum on every run
         rows = tl.load(scatter_ptr + tokens * K + slot, mask=mask_t, other=0).to(tl.int64)
-        y = tl.load(y_ptr + rows[:, None] * N + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += tl.load(weights_ptr + tokens * K + slot, mask=mask_t, other=0.0)[:, None] * y
+        w = tl.load(weights_ptr + tokens * K + slot, mask=mask_t, other=0.0)
+        # A slot of weight 0 adds nothing, and its row may never have been computed (expert parallelism
+        # leaves other ranks' experts' rows unwritten): it is not read.
+        y = tl.load(y_ptr + rows[:, None] * N + offs_n[None, :], mask=mask & (w != 0.0)[:, None],
+                    other=0.0).to(tl.float32)
+        acc += w[:, None] * y
     p_out = tokens.to(tl.int64)[:, None] * N + offs_n[None, :]
     if HAS_RESIDUAL:
         acc += tl.load(residual_ptr + p_out, mask=mask, other=0.0).to(tl.float32)

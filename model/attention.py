@@ -80,7 +80,7 @@ class TritonAttentionBlock(AttentionBlock):
                           k_cache, v_cache, lengths)
             # After attention: the chunk's keys may overwrite ring slots its own queries still read.
             kv_cache_write(k, v, k_cache, v_cache, cu_seqlens, lengths, max_seqlen)
-        return x + self.out(o.view(x.shape[0], -1))
+        return self.parallel.add_reduce(x, self.out(o.view(x.shape[0], -1)))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TritonKVCache) -> torch.Tensor:
         """x [B, H], one token per sequence at position cache.lengths[b] -> [B, H]; its k, v enter the cache."""
@@ -90,7 +90,7 @@ class TritonAttentionBlock(AttentionBlock):
         positions = cache.lengths[:B]
         rope(q, k, cos, sin, positions, v, k_cache, v_cache)
         o = decode_attention(q, k_cache, v_cache, self.sinks, positions, self.sm_scale, self.sliding_window)
-        return x + self.out(o.view(B, -1))
+        return self.parallel.add_reduce(x, self.out(o.view(B, -1)))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: TritonKVCache | None = None) -> torch.Tensor:

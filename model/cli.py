@@ -47,6 +47,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: triton on a GPU, the torch reference on the CPU")
     p.add_argument("--device", default=None, help="default: cuda when there is a GPU, else cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--tensor-parallel", type=_positive_int, default=None, metavar="N",
+                   help="split the model over N GPUs (N processes: torchrun --nproc-per-node N gpt-oss-triton ...); "
+                        "default: torchrun's WORLD_SIZE, else 1")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -136,11 +139,12 @@ def _load(args, need_tokenizer: bool = True):
     from . import GptOss, Tokenizer
 
     name = args.model or DEFAULT_MODEL
-    if args.model is None:
+    if args.model is None and not getattr(args, "follower", False):
         print(f"gpt-oss-triton: no --model given: using the embedded '{DEFAULT_MODEL}' model with seeded random "
               "weights, so the text is gibberish. Pass --model DIR for real weights.", file=sys.stderr)
     try:
-        model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device)
+        model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device,
+                                       tensor_parallel=args.tensor_parallel or 1)
         tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else model.tokenizer
     except (ValueError, FileNotFoundError) as e:  # bad checkpoint, tokenizer or backend: the message names it
         raise SystemExit(f"gpt-oss-triton: {e}") from None
@@ -149,6 +153,8 @@ def _load(args, need_tokenizer: bool = True):
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit(f"gpt-oss-triton: the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
                          f"only {model.config.vocab_size}")
+    if hasattr(args, "lead"):  # rank 0 of a tensor-parallel run: its steps run on every rank
+        model = args.lead(model)
     return model, tokenizer
 
 
@@ -271,7 +277,7 @@ def cmd_bench(args) -> int:
         except ValueError as e:
             raise SystemExit(f"gpt-oss-triton: {e}") from None
         budget = memory_budget(model.config, batch, args.prompt_len + args.new_tokens,
-                               act_bytes=model.dtype.itemsize).total
+                               act_bytes=model.dtype.itemsize, tensor_parallel=model.tensor_parallel).total
         rows.append(r.as_dict() | {"budget_bytes": budget})
         peak = f"{r.peak_memory_bytes / 1e9:.2f}" if r.peak_memory_bytes is not None else "-"
         print(f"{batch} | {r.prefill_tokens_per_s:.0f} | {r.prefill_s:.3f} | {r.decode_tokens_per_s:.1f} | "
@@ -327,10 +333,23 @@ def cmd_make_checkpoint(args) -> int:
     return 0
 
 
+# What each command's engine asks of memory, (batch, context), checked on every rank of a parallel run first.
+_PARALLEL_NEEDS = {
+    "generate": lambda a: (1, a.max_new_tokens), "chat": lambda a: (1, a.max_new_tokens),
+    "serve": lambda a: (a.max_batch, a.max_len), "bench": lambda a: (max(a.batch), a.prompt_len + a.new_tokens),
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "serve": cmd_serve,
                 "make-checkpoint": cmd_make_checkpoint}
+    if args.command in _PARALLEL_NEEDS:
+        from .parallel import launch
+
+        args.tensor_parallel = launch.tensor_parallel(args.tensor_parallel)
+        if args.tensor_parallel > 1:  # rank 0 runs the command, the other ranks follow its steps
+            return launch.run(commands[args.command], args, _load, _PARALLEL_NEEDS[args.command])
     return commands[args.command](args)
 
 

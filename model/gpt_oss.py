@@ -45,30 +45,54 @@ class GptOss(Transformer):
 
     @classmethod
     def from_pretrained(cls, path_or_preset, *, backend: str | None = None, dtype: torch.dtype = torch.bfloat16,
-                        device=None, seed: int = 0) -> "GptOss":
+                        device=None, seed: int = 0, tensor_parallel: int = 1) -> "GptOss":
         """Load a checkpoint directory (Hugging Face or original layout) or build a preset with seeded random
-        weights (`tiny`, `gpt-oss-20b`, `gpt-oss-120b`; a directory of that name wins over the preset)."""
+        weights (`tiny`, `gpt-oss-20b`, `gpt-oss-120b`; a directory of that name wins over the preset).
+
+        tensor_parallel=N (inside an initialised process group of N ranks, every rank calling this): the
+        rank's share of the model (model/parallel/plan.py): its attention heads, its experts and its slice of
+        the vocabulary, read alone from the checkpoint. Every rank then calls the model with the same inputs
+        and gets the whole logits; device defaults to the rank's GPU (LOCAL_RANK), else the CPU.
+        """
+        from .parallel import ShardPlan, join, local_device
         from .tokenizer import Tokenizer
 
+        parallel = join(tensor_parallel)
+        if device is None and parallel.enabled:
+            device = local_device()
         backend, device = resolve_backend(backend, device)
+        if parallel.enabled:
+            from .parallel.group import check_backend
+            check_backend(device)
+
+        def plan(config):
+            return ShardPlan(config, parallel.rank, parallel.world_size) if parallel.enabled else None
+
         model_cls = available_backends()[backend]
         path = Path(path_or_preset)
         if not path.exists() and str(path_or_preset) in PRESETS:
             config = GptOssConfig.preset(str(path_or_preset))
-            model = model_cls._assign(config, _synthetic_state(config, seed, device), dtype, device)
+            model = model_cls._assign(config, _synthetic_state(config, seed, device, plan(config)), dtype, device,
+                                      plan(config), parallel)
             model.tokenizer = Tokenizer.byte_level()
             return model
         from ..loader import load
 
-        ckpt = load(path, device=device, dtype=dtype)
-        model = model_cls._assign(ckpt.config, ckpt.tensors, dtype, device)
+        ckpt = load(path, device=device, dtype=dtype,
+                    select=(lambda config: plan(config).slices()) if parallel.enabled else None)
+        model = model_cls._assign(ckpt.config, ckpt.tensors, dtype, device, plan(ckpt.config), parallel)
         model.tokenizer = Tokenizer.from_file(ckpt.tokenizer_path) if ckpt.tokenizer_path else None
         return model
 
     @classmethod
-    def _assign(cls, config: GptOssConfig, tensors: dict, dtype: torch.dtype, device) -> "GptOss":
-        """Build the module on the meta device and adopt `tensors` (canonical names) without copying them again."""
+    def _assign(cls, config: GptOssConfig, tensors: dict, dtype: torch.dtype, device, plan=None,
+                parallel=None) -> "GptOss":
+        """Build the module on the meta device (reshaped to a rank's share when there is a plan) and adopt
+        `tensors` (canonical names) without copying them again."""
         model = cls(config, dtype=dtype, device="meta")
+        if plan is not None:
+            from .parallel.modules import shard_model
+            shard_model(model, plan, parallel)
         state = {}
         for name, t in tensors.items():
             if t.is_floating_point():
@@ -78,11 +102,23 @@ class GptOss(Transformer):
         model.rope_inv_freq = model.rope_inv_freq.to(device)
         return model.eval().requires_grad_(False)
 
+    @property
+    def tensor_parallel(self) -> int:
+        """Ranks the model is split over (1: this process holds all of it)."""
+        return self.parallel.world_size
 
-def _synthetic_state(config: GptOssConfig, seed: int, device: torch.device) -> dict:
+
+def _synthetic_state(config: GptOssConfig, seed: int, device: torch.device, plan=None) -> dict:
+    """A preset's seeded weights (with a plan: this rank's slices of them, each drawn whole and cut, so every
+    layout of ranks holds the same model)."""
     from ..loader import expected_tensors, synthetic_tensor
 
     # Small models are drawn on the CPU so a preset has the same weights everywhere; big ones on the device.
     small = sum(torch.Size(s).numel() for s, _ in expected_tensors(config).values()) < 1 << 30
     where = "cpu" if small else device
-    return {name: synthetic_tensor(config, name, seed, where) for name in expected_tensors(config)}
+    slices = plan.slices() if plan is not None else {}
+    out = {}
+    for name in expected_tensors(config):
+        t = synthetic_tensor(config, name, seed, where)
+        out[name] = slices[name].take(t) if name in slices else t
+    return out

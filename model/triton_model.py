@@ -51,7 +51,7 @@ class TritonGptOss(GptOss):
         max_len = max_len or self.config.max_context
         if max_len > self.config.max_context:
             raise ValueError(f"cache length {max_len} exceeds the model's context {self.config.max_context}")
-        return TritonKVCache(self.config, batch_size, max_len, self.dtype, self.embedding.weight.device)
+        return TritonKVCache(self.cache_config, batch_size, max_len, self.dtype, self.embedding.weight.device)
 
     def forward(self, tokens: torch.Tensor, cache: TritonKVCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; with a cache, every row continues at its (common) length."""

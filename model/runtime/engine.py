@@ -137,11 +137,14 @@ class Engine:
         free = free_bytes(self.device)
         if free is not None:  # on a GPU: fail now, with the batch that fits, rather than out of memory later
             check_fits(model.config, max_batch, max_len, free, prefill_chunk=prefill_chunk,
-                       act_bytes=getattr(model, "dtype", torch.bfloat16).itemsize)
+                       act_bytes=getattr(model, "dtype", torch.bfloat16).itemsize,
+                       tensor_parallel=getattr(model, "tensor_parallel", 1))
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
-        self.decoder = DecodeGraph(model, self.cache, cuda_graph) if hasattr(model, "decode_step") else None
+        # A tensor-parallel leader (model/parallel/leader.py) makes a decode graph whose steps every rank runs.
+        make_decoder = getattr(model, "decode_graph", None) or (lambda cache, capture: DecodeGraph(model, cache, capture))
+        self.decoder = make_decoder(self.cache, cuda_graph) if hasattr(model, "decode_step") else None
         self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
         self._launched: _Launched | None = None
         if unpenalized is None:
