@@ -15,8 +15,10 @@ setup(
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
+        # transformers (+ accelerate, its MXFP4 loading): an independent implementation our reference and our
+        # synthetic checkpoints are checked against (tests/test_bench_peers.py, tests/test_interop.py)
         "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24"],
+                 "httpx>=0.24", "transformers>=4.56", "accelerate>=1.0"],
         "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
         "plot": ["matplotlib>=3.7"],
     },
