@@ -17,9 +17,9 @@ setup(
     extras_require={
         # transformers (+ accelerate, its MXFP4 loading): an independent implementation our reference and our
         # synthetic checkpoints are checked against (tests/test_bench_peers.py, tests/test_interop.py)
-        "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24", "transformers>=4.56", "accelerate>=1.0"],
-        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "starlette", "pydantic>=2", "uvicorn>=0.23",
+                 "openai>=1.0", "httpx>=0.24", "transformers>=4.56", "accelerate>=1.0"],
+        "serve": ["fastapi>=0.100", "starlette", "pydantic>=2", "uvicorn>=0.23"],  # starlette: fastapi's, imported too
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-oss-triton=gpt_oss_triton.model.cli:main"]},
