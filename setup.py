@@ -19,9 +19,11 @@ setup(
         # the server imports h11 and starlette itself (its HTTP protocol, middleware), not only through uvicorn/FastAPI;
         # llguidance is structured outputs' grammar engine (model/runtime/grammar.py)
         "serve": SERVE,
-        # jsonschema checks structured outputs; prometheus-client parses /metrics; openai-agents drives the server
+        # jsonschema checks structured outputs; prometheus-client parses /metrics; openai-agents drives the server;
+        # transformers (+ accelerate, its MXFP4 loading): an independent implementation our reference and our
+        # synthetic checkpoints are checked against (tests/test_bench_peers.py, tests/test_interop.py)
         "test": ["pytest>=7", "pytest-benchmark>=4", *SERVE, "openai>=1.0", "httpx>=0.24", "prometheus-client>=0.17",
-                 "openai-agents>=0.2", "jsonschema>=4"],
+                 "openai-agents>=0.2", "jsonschema>=4", "transformers>=4.56", "accelerate>=1.0"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-oss-triton=gpt_oss_triton.model.cli:main"]},

@@ -1,5 +1,6 @@
 """`GptOss`: the public model class, loading a checkpoint directory or a preset onto a backend."""
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -17,19 +18,50 @@ def available_backends() -> dict[str, type]:
     return {"torch": GptOss, "triton": TritonGptOss}
 
 
+class OptionError(ValueError):
+    """A from_pretrained option that cannot work here. The message names options as `{name=value}`: str() shows
+    them as Python keywords (backend='torch'), `cli()` as the command line's flags (--backend torch)."""
+
+    _OPTION = re.compile(r"\{(\w+)=([^}]*)\}")
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self._OPTION.sub(lambda m: f"{m[1]}={m[2]!r}", template))
+
+    def cli(self) -> str:
+        return self._OPTION.sub(lambda m: f"--{m[1].replace('_', '-')} {m[2]}", self.template)
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device, or an OptionError saying why it cannot be used here."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"{{device={device}}} is not a device torch knows (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise OptionError(f"{{device={device}}} is not available: {why}; use {{device=cpu}}")
+        if device.index is not None and device.index >= count:
+            raise OptionError(f"{{device={device}}} is not available: {count} CUDA device(s) visible")
+    return device
+
+
 def resolve_backend(backend: str | None, device) -> tuple[str, torch.device]:
     """None picks the GPU and 'triton' when there is one, else the CPU and 'torch' (the reference)."""
     backends = available_backends()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = check_device(device)
     if backend is None:
         backend = "triton" if device.type == "cuda" and "triton" in backends else "torch"
     if backend not in backends:
-        raise ValueError(f"backend {backend!r} is not available; choose from {sorted(backends)}")
+        raise OptionError(f"{{backend={backend}}} is not available; choose from {sorted(backends)}")
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend 'triton' on the CPU runs only in Triton's interpreter: set TRITON_INTERPRET=1 "
-                         "before starting Python (slow; for tests), or use backend='torch'")
+        raise OptionError("{backend=triton} on the CPU runs only in Triton's interpreter: set TRITON_INTERPRET=1 "
+                          "before starting Python (slow; for tests), or use {backend=torch}")
     return backend, device
 
 
@@ -70,7 +102,9 @@ class GptOss(Transformer):
 
         model_cls = available_backends()[backend]
         path = Path(path_or_preset)
-        if not path.exists() and str(path_or_preset) in PRESETS:
+        if not path.exists():
+            if str(path_or_preset) not in PRESETS:
+                raise ValueError(f"{path_or_preset}: no such directory, and not a preset ({', '.join(PRESETS)})")
             config = GptOssConfig.preset(str(path_or_preset))
             model = model_cls._assign(config, _synthetic_state(config, seed, device, plan(config)), dtype, device,
                                       plan(config), parallel)

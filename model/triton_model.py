@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .attention import TritonAttentionBlock, TritonRMSNorm, prefill_positions, rope_table
-from .gpt_oss import GptOss
+from .gpt_oss import GptOss, OptionError
 from .kv_cache import TritonKVCache
 from .moe import TritonMLPBlock
 
@@ -34,8 +34,8 @@ class TritonGptOss(GptOss):
 
     def __init__(self, config, dtype=torch.bfloat16, device=None):
         if dtype != torch.bfloat16:
-            raise ValueError(f"the triton backend runs bf16 activations (its MoE kernels' contract), got {dtype}; "
-                             "use backend='torch' for fp32")
+            raise OptionError(f"{{backend=triton}} runs bf16 activations (its MoE kernels' contract), got {dtype}; "
+                              "use {backend=torch} for fp32")
         super().__init__(config, dtype, device)
         self.norm = TritonRMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
         self._rope = None

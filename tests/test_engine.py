@@ -97,6 +97,28 @@ def test_a_request_cancelled_while_waiting_gives_its_slot_to_the_next(model):
     assert dropped.stats.stopped_by == "cancelled" and not dropped.tokens and seen == [None]
 
 
+def test_finished_and_cancelled_requests_hold_no_slot(model):
+    """Guards the slot bookkeeping: a request that ended (by length, by a stop token, cancelled while running
+    or while waiting) has slot None, so nothing can free its old slot again once another request holds it
+    (a double free), and every slot is free at the end."""
+    params = SamplingParams(max_new_tokens=3, temperature=0.0)
+    engine = Engine(model, max_batch=2, max_len=64)
+    by_length = engine.submit(PROMPTS[0], params)
+    by_stop = engine.submit(PROMPTS[1], params, stop_tokens=range(model.config.vocab_size))  # stops at once
+    running = engine.submit(PROMPTS[2], params)
+    waiting = engine.submit(PROMPTS[3], params)
+    engine.step()  # by_stop stops on its first token: its slot goes to `running`
+    assert by_stop.stats.stopped_by == "stop" and by_stop.slot is None
+    engine.step()
+    assert running.slot == 1 and waiting.slot is None
+    running.cancel()
+    waiting.cancel()
+    engine.run()
+    assert [r.stats.stopped_by for r in (by_length, running, waiting)] == ["length", "cancelled", "cancelled"]
+    assert [r.slot for r in (by_length, by_stop, running, waiting)] == [None] * 4
+    assert engine.slots == [None, None] and not engine.busy
+
+
 def test_limits(model):
     engine = Engine(model, max_batch=1, max_len=16)
     with pytest.raises(ValueError, match="exceeds the engine's max length of 16"):

@@ -7,6 +7,8 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -261,5 +263,6 @@ def test_serve_command_binds_loopback_by_default(monkeypatch, model):
     assert (app.state.worker.engine.max_len, len(app.state.worker.engine.slots)) == (256, 2)
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the `serve` extra were not installed
-    with pytest.raises(SystemExit, match=r"pip install 'gpt-oss-triton\[serve\]'"):
+    with pytest.raises(SystemExit, match=r'pip install -e "\.\[serve\]"'):
         cli.main(["serve"])
+    assert 'pip install -e ".[serve]"' in (Path(__file__).resolve().parents[1] / "README.md").read_text()
