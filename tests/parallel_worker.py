@@ -33,9 +33,9 @@ class Recorder:
     def __init__(self, sampler):
         self.sampler, self.logits = sampler, []
 
-    def __call__(self, logits, rows, slots):
+    def __call__(self, logits, rows, *args):
         self.logits.append(logits.index_select(0, rows).float().clone())
-        return self.sampler(logits, rows, slots)
+        return self.sampler(logits, rows, *args)
 
     def __getattr__(self, name):
         return getattr(self.sampler, name)

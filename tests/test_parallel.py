@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def _env(**extra) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    # A generous peer timeout unless a test sets its own: a loaded CI machine can starve a rank's heartbeat.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "GPT_OSS_TRITON_PEER_TIMEOUT": "120",
+            **extra}
 
 
 def _free_port() -> int:
