@@ -101,7 +101,8 @@ def test_reasoning_budget_ends_the_notes(byte_level, channels):
     """The budget counts every note before the answer, analysis and commentary preambles alike, over all of them:
     a model that writes preambles forever must still reach its JSON."""
     tok = byte_level
-    c = GrammarConstraint(tok, reply_grammar(tok, final=json_schema_grammar(SCHEMA)), 300, reasoning_budget=5)
+    grammar = reply_grammar(tok, final=json_schema_grammar(SCHEMA), tools=[("lookup", None)])
+    c = GrammarConstraint(tok, grammar, 300, reasoning_budget=5)
     text = "<|end|><|start|>assistant".join(f"<|channel|>{ch}<|message|>" + "ab" for ch in channels)
     for t in tok.encode(text + "cd"[:4 - 2 * len(channels)]):
         c.advance(t)
@@ -111,6 +112,15 @@ def test_reasoning_budget_ends_the_notes(byte_level, channels):
     for t in tok.encode("<|end|><|start|>assistant<|channel|>final<|message|>"):
         c.advance(t)
     assert c.forced is None and c.allowed_tokens()[ord("{")] and not c.error
+
+
+def test_no_preamble_without_tools(byte_level):
+    """Commentary preambles go to a reply's content: with no tool to call they would spoil the JSON there."""
+    with pytest.raises(AssertionError, match="refused"):
+        _walk(byte_level, reply_grammar(byte_level, final=json_schema_grammar(SCHEMA)), 300,
+              "<|channel|>commentary<|message|>")
+    _walk(byte_level, reply_grammar(byte_level, final=json_schema_grammar(SCHEMA), tools=[("lookup", None)]), 300,
+          "<|channel|>commentary<|message|>Let me look.<|end|>")
 
 
 def test_json_object_takes_any_object_and_ends_with_it(byte_level):

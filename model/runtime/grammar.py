@@ -85,7 +85,7 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
                   parallel: bool = False, forced: str = "") -> str:
     """A harmony assistant reply, from where the prompt left it (after `<|start|>assistant` and `forced`, the
     header the prompt forced: "", "<|channel|>" or a call's whole header): up to MAX_NOTES free messages on
-    analysis or commentary (reasoning, preambles), then either the final answer, its content `final` (a JSON
+    analysis (reasoning) or, when there are tools, commentary (preambles), then either the final answer, its content `final` (a JSON
     rule; None: free text), or a call of one of `tools` ((name, arguments rule; None: free text)), several in a
     row with `parallel`. Headers are harmony's canonical ones; the reply ends with `<|return|>` after the answer
     (`<|end|>` first is allowed) and `<|call|>` after a call."""
@@ -101,7 +101,8 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
     if not forced:
         last = f"final | {calls}" if tools else "final"
         lines += [f'start: (note <|end|> <|start|> "assistant"){{0,{MAX_NOTES}}} ({last})',
-                  'note: <|channel|> ("analysis" | "commentary") <|message|> text',
+                  # preambles only before calls: with no tools the content must be the answer alone
+                  'note: <|channel|> ' + ('("analysis" | "commentary")' if tools else '"analysis"') + ' <|message|> text',
                   'final: <|channel|> "final" (" " <|constrain|> "json")? <|message|> answer '
                   '(<|return|> | <|end|> <|return|>)',
                   f"answer: {final or 'text'}"]
