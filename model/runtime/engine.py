@@ -7,10 +7,11 @@ that), samples each request's next token with its own parameters and seed (all r
 and frees the slots of finished ones. So requests that arrive together decode together, a new one joins
 at the next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
 (with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
-that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
-GPU one CUDA-graph replay per step, its inputs written on the device (the sampled tokens go straight into the
-graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream; with
-the lookahead the next step is already queued by then, so that sync does not leave the GPU idle.
+that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: only the
+running rows, compacted into the graph of their bucket of rows, and on a GPU one CUDA-graph replay per step that
+also samples the next tokens into the graph's own token buffer, so a steady decode step copies nothing from the
+host and syncs once, to stream; with the lookahead the next step is already queued by then, so that sync does
+not leave the GPU idle.
 """
 import itertools
 import secrets
@@ -113,12 +114,11 @@ class Engine:
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
-        self.decoder = DecodeGraph(model, self.cache, cuda_graph) if hasattr(model, "decode_step") else None
+        self.sampler = SlotSampler(max_batch, self.device)
+        self.decoder = DecodeGraph(model, self.cache, self.sampler, cuda_graph) if hasattr(model, "decode_step") else None
         self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
         self._launched: _Launched | None = None
-        self.sampler = SlotSampler(max_batch, self.device)
         self._index_cache: dict[tuple, torch.Tensor] = {}
-        self._active_rows: tuple | None = None
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
         self.steps = 0  # forward passes run: fewer than the tokens made when requests share steps
@@ -201,12 +201,9 @@ class Engine:
         return rows if rows and all(req.tokens for _, req in rows) else None
 
     def _launch_decode(self, rows: list[tuple[int, Request]]) -> "_Launched":
-        """Queue a decode step of `rows` and the sampling of their next tokens; nothing waits for the device.
-        Their inputs are already in the graph's token buffer (written when they were sampled)."""
-        logits = self._decode([b for b, _ in rows])
-        index = self._index(tuple(b for b, _ in rows))
-        nxt = self.sampler(logits, index, [b for b, _ in rows])
-        self.decoder.tokens.index_copy_(0, index, nxt)
+        """Queue a decode step of `rows` with the sampling of their next tokens (one graph replay on a GPU); nothing
+        waits for the device. Their inputs are already in the graph's token buffer (written when they were sampled)."""
+        nxt = self.decoder([b for b, _ in rows])
         self.steps += 1
         if not nxt.is_cuda:
             return _Launched(rows, nxt, None)
@@ -242,18 +239,6 @@ class Engine:
                 req.on_token(req, token)
                 if req.finished:
                     req.on_token(req, None)
-
-    def _decode(self, rows: list[int]) -> torch.Tensor:
-        """A decode-only step of the given rows through the DecodeGraph; its token buffer already holds each
-        row's last token (written when it was sampled). `active` changes only when the set of rows does."""
-        rows = tuple(rows)
-        if rows != self._active_rows:
-            mask = [0] * len(self.slots)
-            for b in rows:
-                mask[b] = 1
-            self.decoder.active.copy_(torch.tensor(mask, dtype=torch.int32))
-            self._active_rows = rows
-        return self.decoder()
 
     def _index(self, rows: tuple) -> torch.Tensor:
         """rows as a device index, copied from the host once per distinct set of rows."""

@@ -104,11 +104,28 @@ def sample(logits: torch.Tensor, params: SamplingParams, seed: int = 0, draws: t
                        full(params.top_p, torch.float32) if params.filtered else None)
 
 
+@dataclass(frozen=True)
+class DrawPlan:
+    """What a step's draw must do for its rows, known on the host from their parameters: the decode graphs are
+    keyed by it, so rows that need less never pay for more. sampled: some row has temperature > 0 (else argmax);
+    filtered: some sampled row has top-k or top-p."""
+
+    sampled: bool = False
+    filtered: bool = False
+
+
 class SlotSampler:
     """Each engine slot's sampling state on the device: temperature, top-k, top-p, seed and draws made so far.
 
-    `assign` sets a slot's row when a request takes it (scalar writes: nothing copied from the host); a call
-    draws the ready rows' tokens and advances their draw counters on the device."""
+    `assign` sets a slot's row when a request takes it (scalar writes: nothing copied from the host). `draw`
+    samples rows of logits from their slots' state and advances their draw counters, all on the device with
+    no host sync: the decode graph captures it. A call does the same for the rows a prefill step finished.
+
+    Per-slot state is a device tensor with one row per slot, read through the step's slot index. More state
+    for a later sampling feature (a logit-bias or penalty-count row [n_slots, V], an allowed-token bitmask
+    [n_slots, V/32] the host writes before a replay of a constrained row) follows the same shape: a field of
+    DrawPlan says a step needs it, and `draw` applies it to the logits before drawing, so the graph of a step
+    without it does not contain that work."""
 
     def __init__(self, n_slots: int, device):
         def zeros(dtype):
@@ -127,15 +144,27 @@ class SlotSampler:
         self.draws[slot] = 0
         self.params[slot] = params
 
+    def plan(self, slots: list[int]) -> DrawPlan:
+        params = [self.params[b] for b in slots]
+        sampled = [p for p in params if not p.greedy]
+        return DrawPlan(sampled=bool(sampled), filtered=any(p.filtered for p in sampled))
+
+    def draw(self, logits: torch.Tensor, slots: torch.Tensor, advance: torch.Tensor, plan: DrawPlan) -> torch.Tensor:
+        """logits [n, V] of slots [n] (device index) -> tokens [n] int64; draws[slots] += advance [n] int64."""
+        if plan.sampled:
+            tokens = draw_tokens(logits, self.temperature[slots], self.seed[slots], self.draws[slots],
+                                 self.top_k[slots] if plan.filtered else None,
+                                 self.top_p[slots] if plan.filtered else None)
+        else:
+            tokens = logits.argmax(dim=-1)
+        self.draws.index_add_(0, slots, advance)
+        return tokens
+
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """logits [B, V]; rows: the device index of `slots` -> tokens [len(slots)] int64."""
-        params = [self.params[b] for b in slots]
-        if all(p.greedy for p in params):  # argmax first: selects B tokens instead of copying B rows of logits
+        plan = self.plan(slots)
+        if not plan.sampled:  # argmax first: selects B tokens instead of copying B rows of logits
             tokens = logits.argmax(dim=-1).index_select(0, rows)
-        else:
-            filtered = any(p.filtered for p in params)
-            tokens = draw_tokens(logits.index_select(0, rows), self.temperature[rows], self.seed[rows],
-                                 self.draws[rows], self.top_k[rows] if filtered else None,
-                                 self.top_p[rows] if filtered else None)
-        self.draws.index_add_(0, rows, self._ones[:len(slots)])
-        return tokens
+            self.draws.index_add_(0, rows, self._ones[:len(slots)])
+            return tokens
+        return self.draw(logits.index_select(0, rows), rows, self._ones[:len(slots)], plan)
