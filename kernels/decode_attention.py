@@ -22,6 +22,7 @@ import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
 from .attention import _LOG2E, check_cache, check_gqa, dot_precision
+from .launch_plan import Traffic, multiprocessors, tensor_bytes, traffic
 
 
 def _configs():
@@ -113,7 +114,7 @@ def _decode_reduce_kernel(O_PART, ML_PART, SINKS, O, stride_ob, HKV: tl.constexp
 
 def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.device) -> int:
     """Enough programs to fill the GPU twice over, at least 256 keys per split."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = multiprocessors(device)
     return max(1, min(triton.cdiv(2 * sms, batch * kv_heads), triton.cdiv(visible, 256)))
 
 
@@ -160,3 +161,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         o_part, ml_part, sinks, out, out.stride(0), HKV=Hkv, G=G, GP=triton.next_power_of_2(G), D=D,
         NUM_SPLITS=splits, SPLITS_P=triton.next_power_of_2(splits), num_warps=4)
     return out
+
+
+@traffic(_decode_attention_kernel)
+def _decode_attention_traffic(launch, constexprs, env):
+    """Each sequence's visible keys and values (env["context"] cached positions), q once, the partials written."""
+    a = launch.args
+    B = a["Q"].shape[0]
+    visible = min(env["context"] + 1, a["window"]) if a["SLIDING"] else env["context"] + 1
+    kv = 2 * B * a["HKV"] * visible * a["D"] * a["KC"].element_size()
+    blocks = triton.cdiv(triton.cdiv(visible, a["NUM_SPLITS"]), constexprs["BLOCK_N"])
+    return Traffic(read=kv + tensor_bytes(a["Q"]), written=tensor_bytes(a["O_PART"]) + tensor_bytes(a["ML_PART"]),
+                   loop_trips=a["NUM_SPLITS"] * B * a["HKV"] * blocks)

@@ -12,8 +12,12 @@ The convention every kernel in kernels/ follows, so that a new kernel joins the 
 2. Run the call on meta tensors (`torch.device("meta")`) under `record()`: the real sizes (a 120B decode step
    included) cost no memory and need no GPU. Torch ops that would launch a CUDA kernel (cuBLAS GEMMs,
    copies, fills) are recorded as `TorchLaunch`es, so a step's launch count and bytes are complete.
-3. Declare what a launch moves beside the kernel: `@traffic(kernel)` registers `fn(launch) -> Traffic` (bytes
-   read and written, weights streamed). Without one, a launch reads each tensor argument once.
+3. Declare what a launch moves beside the kernel: `@traffic(kernel)` registers `fn(launch, constexprs, env) ->
+   Traffic` (bytes read and written, weights streamed, main-loop trips over the grid); `env` holds what the
+   arguments cannot tell, e.g. env["context"], the positions each sequence attends over. Without one, a launch
+   reads each distinct tensor argument once.
+   A launcher that sizes its grid by the GPU asks `multiprocessors(device)`: under `record()` it answers for the
+   modelled GPU, so the recorded plan is the one that GPU would run.
 4. A kernel that neither the decode step nor prefill launches declares example calls in its module's
    `static_examples()` (a function that calls the op on meta tensors), so that it is compiled and checked too.
 
@@ -40,9 +44,10 @@ _state = threading.local()
 class TritonLaunch:
     """One recorded launch of a Triton kernel.
 
-    kernel: the @triton.jit function (an InterpretedFunction under TRITON_INTERPRET=1); name: its name; grid: (x, y, z) for a fixed config, or a function of
-    the meta-parameters (autotuned kernels); args: every runtime argument and constexpr by parameter name;
-    options: num_warps / num_stages as passed; configs: the autotuner's triton.Config list (None if not tuned).
+    kernel: the @triton.jit function (an InterpretedFunction under TRITON_INTERPRET=1); name: its name;
+    grid: (x, y, z) for a fixed config, or a function of the meta-parameters (autotuned kernels);
+    args: every runtime argument and constexpr by parameter name; options: num_warps / num_stages as passed;
+    configs: the autotuner's triton.Config list (None if not tuned).
     """
     kernel: object
     grid: tuple | Callable
@@ -81,10 +86,12 @@ class TorchLaunch:
 
 @dataclasses.dataclass(frozen=True)
 class Traffic:
-    """What a launch moves through DRAM: bytes read and written, and how many (MXFP4 or bf16) weights it streams."""
+    """What a launch moves through DRAM: bytes read and written; the weights it streams (MXFP4 or bf16) and the
+    main loop's trips summed over the grid (0: no loop, or unknown)."""
     read: float
     written: float
     weights: float = 0.0
+    loop_trips: float = 0.0
 
     @property
     def total(self) -> float:
@@ -95,22 +102,32 @@ _TRAFFIC: dict[str, Callable] = {}
 
 
 def traffic(kernel):
-    """Decorator: `@traffic(_my_kernel) def _(launch: TritonLaunch, config: dict) -> Traffic` (config = constexprs)."""
+    """Decorator: `@traffic(_my_kernel) def _(launch: TritonLaunch, constexprs: dict, env: dict) -> Traffic`."""
     def register(fn):
         _TRAFFIC[_fn(kernel).__name__] = fn
         return fn
     return register
 
 
-def launch_traffic(launch: TritonLaunch, constexprs: dict) -> Traffic:
+def launch_traffic(launch: TritonLaunch, constexprs: dict, env: dict) -> Traffic:
     fn = _TRAFFIC.get(launch.name)
     if fn is not None:
-        return fn(launch, constexprs)
-    return Traffic(read=sum(tensor_bytes(v) for v in launch.args.values() if isinstance(v, torch.Tensor)), written=0)
+        return fn(launch, constexprs, env)
+    tensors = {id(v): v for v in launch.args.values() if isinstance(v, torch.Tensor)}
+    return Traffic(read=sum(tensor_bytes(t) for t in tensors.values()), written=0)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The SM count a launcher sizes its grid by: the device's own on a GPU; under record() the modelled GPU's."""
+    if recording() is not None:
+        return _state.sms
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # CPU (the interpreter): a few programs
 
 
 def recording() -> list | None:
@@ -119,17 +136,17 @@ def recording() -> list | None:
 
 
 @contextlib.contextmanager
-def record():
+def record(sms: int = 132):
     """Record (and do not run) every Triton launch made through `wrap_triton`, and every torch op that would
-    launch a kernel; yields the list they are appended to, in launch order."""
+    launch a kernel, as for a GPU with `sms` SMs (132: an H100 SXM); yields the list, in launch order."""
     launches: list = []
-    previous = recording()
-    _state.launches = launches
+    previous = recording(), getattr(_state, "sms", None)
+    _state.launches, _state.sms = launches, sms
     try:
         with _TorchLaunchRecorder(launches):
             yield launches
     finally:
-        _state.launches = previous
+        _state.launches, _state.sms = previous
 
 
 def record_triton(kernel, grid, args: tuple, kwargs: dict) -> None:
