@@ -16,11 +16,15 @@ def interpreting() -> bool:
 
 
 def wrap_triton(kernel):
-    """torch.library.wrap_triton, also when interpreting. There it returns the bare kernel, which torch.compile's
+    """torch.library.wrap_triton, also when interpreting; under `launch_plan.record()` a recorder instead (nothing
+    runs: see kernels/launch_plan.py). When interpreting it returns the bare kernel, which torch.compile's
     tracing would run on FakeTensors (no data); here a launch on fake tensors does nothing instead, as the
     traced form of wrap_triton does on a GPU: the op's outputs are the tensors its Python code allocates.
     So CPU tests can check that torch.compile (backend='eager') traces our ops without a graph break; a backend
     that traces into the op's body (aot_eager, inductor) would record it without its kernels, so that raises."""
+    from .launch_plan import recording
+    if recording() is not None:
+        return _Recorder(kernel)
     if not interpreting():
         return torch.library.wrap_triton(kernel)
     return _FakeAwareKernel(kernel)
@@ -43,6 +47,15 @@ class _FakeAwareKernel:
             return launch(*args, **kwargs)
 
         return run
+
+
+class _Recorder:
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        from .launch_plan import record_triton
+        return lambda *args, **kwargs: record_triton(self.kernel, grid, args, dict(kwargs))
 
 
 def _fp32_to_bf16_rtne(values: np.ndarray) -> np.ndarray:

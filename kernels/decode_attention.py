@@ -28,6 +28,7 @@ import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
 from .attention import _LOG2E, check_cache, check_gqa, dot_precision
+from .launch_plan import Traffic, multiprocessors, tensor_bytes, traffic
 from .reference import attention_ref
 
 
@@ -143,7 +144,7 @@ def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, C
 
 def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.device) -> int:
     """Enough programs to fill the GPU twice over, at least 256 keys per split."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = multiprocessors(device)
     return max(1, min(triton.cdiv(2 * sms, batch * kv_heads), triton.cdiv(visible, 256)))
 
 
@@ -204,6 +205,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         SPLITS_P=triton.next_power_of_2(splits), SLIDING=sliding_window > 0, DOT_F32=interpreting(),
         PRECISION=dot_precision(q.dtype))
     return out
+
+
+@traffic(_decode_attention_kernel)
+def _decode_attention_traffic(launch, constexprs, env):
+    """Each sequence's visible keys and values (env["context"] cached positions), q once, the output; with
+    several splits the partials are written and read back once by the merging program."""
+    a = launch.args
+    B = a["Q"].shape[0]
+    visible = min(env["context"] + 1, a["window"]) if a["SLIDING"] else env["context"] + 1
+    kv = 2 * B * a["HKV"] * visible * a["D"] * a["KC"].element_size()
+    blocks = triton.cdiv(triton.cdiv(visible, a["NUM_SPLITS"]), constexprs["BLOCK_N"])
+    partials = tensor_bytes(a["O_PART"]) + tensor_bytes(a["ML_PART"]) if a["NUM_SPLITS"] > 1 else 0
+    return Traffic(read=kv + tensor_bytes(a["Q"]) + partials, written=tensor_bytes(a["O"]) + partials,
+                   loop_trips=a["NUM_SPLITS"] * B * a["HKV"] * blocks)
 
 
 def decode_attention_ref(q, k_cache, v_cache, sinks, positions, sm_scale, sliding_window=0, slots=None):

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
+from .launch_plan import Traffic, tensor_bytes, traffic
 from .linear import block_m, check_weight, linear_tile
 
 
@@ -130,6 +131,18 @@ def decode_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         v_cache.stride(1), L, eps, HQ=Hq, HKV=Hkv, D=D, HAS_BIAS=bias is not None, BLOCK_M=bm,
         DOT_F32=interpreting())
     return q
+
+
+@traffic(_decode_qkv_kernel)
+def _decode_qkv_traffic(launch, constexprs, env):
+    """The qkv weight streamed once, x, bias, norm scale and each row's cos/sin once; q written, and k, v into
+    one cache slot per row."""
+    a = launch.args
+    M, K, D, heads = a["M"], a["K"], a["D"], a["HQ"] + 2 * a["HKV"]
+    read = tensor_bytes(a["W"]) + tensor_bytes(a["X"]) + heads * D * 2 + K * 4 + M * D * 4 + M * 8
+    written = tensor_bytes(a["Q"]) + 2 * M * a["HKV"] * D * a["KC"].element_size()
+    trips = triton.cdiv(M, a["BLOCK_M"]) * heads * (D // 2 // constexprs["BLOCK_J"]) * triton.cdiv(K, constexprs["BLOCK_K"])
+    return Traffic(read=read, written=written, weights=heads * D * K, loop_trips=trips)
 
 
 def decode_qkv_ref(x, weight, bias, norm_scale, eps, cos, sin, k_cache, v_cache, lengths, slots, active):

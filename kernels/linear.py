@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
+from .launch_plan import Traffic, tensor_bytes, traffic
 
 
 def _configs(wide: bool):
@@ -149,6 +150,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         NORM=norm_scale is not None, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         BLOCK_M=bm, DOT_F32=interpreting())
     return y
+
+
+@traffic(_linear_kernel)
+def _linear_traffic(launch, constexprs, env):
+    """The weight streamed once (the row tiles of a weight tile run together and share it through L2), x,
+    the bias, the residual and the output once each."""
+    a = launch.args
+    M, N, K = a["M"], a["N"], a["K"]
+    read = tensor_bytes(a["W"]) + tensor_bytes(a["X"])
+    read += N * a["BIAS"].element_size() if a["HAS_BIAS"] else 0
+    read += M * N * a["RES"].element_size() if a["HAS_RESIDUAL"] else 0
+    read += K * 4 if a["NORM"] else 0
+    trips = triton.cdiv(M, a["BLOCK_M"]) * triton.cdiv(N, constexprs["BLOCK_N"]) * triton.cdiv(K, constexprs["BLOCK_K"])
+    return Traffic(read=read, written=M * N * a["Y"].element_size(), weights=N * K, loop_trips=trips)
 
 
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

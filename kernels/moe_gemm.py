@@ -21,12 +21,15 @@ exit at once, and an expert with no pairs owns no tile. Regimes, tuned apart:
 The k slots of a token are summed by a separate combine kernel in slot order: deterministic, no atomics.
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op
 
 from ._interpreter import interpreting, wrap_triton
+from .launch_plan import Traffic, tensor_bytes, traffic
 from .mxfp4 import mxfp4_dequantize
 from .mxfp4_unpack import mxfp4_unpack
 from .reference import swiglu_ref
@@ -272,3 +275,29 @@ def moe_mlp2_ref(a, routing, blocks, scales, bias, residual=None) -> torch.Tenso
     out = (y[routing.scatter_indx.long()].view(routing.n_tokens, routing.experts_per_token, -1)
            * routing.weights[..., None]).sum(1)
     return out if residual is None else out + residual.float()
+
+
+def expected_experts(n_experts: int, experts_per_token: int, n_tokens: int) -> float:
+    """Distinct experts n_tokens touch when each picks experts_per_token of n_experts uniformly: E(1 - (1 - k/E)^T)."""
+    return n_experts * (1 - (1 - experts_per_token / n_experts) ** n_tokens)
+
+
+def expected_row_tiles(n_experts: int, experts_per_token: int, n_tokens: int, block_m: int) -> float:
+    """Expected sum over experts of cdiv(pairs of the expert, block_m), pairs ~ Binomial(n_tokens, k/E)."""
+    p = experts_per_token / n_experts
+    return n_experts * sum(math.comb(n_tokens, c) * p ** c * (1 - p) ** (n_tokens - c) * -(-c // block_m)
+                           for c in range(1, n_tokens + 1))
+
+
+@traffic(_moe_gemm_kernel)
+def _moe_gemm_traffic(launch, constexprs, env):
+    """The touched experts' packed weights (uniform routing), each row tile's activations, the outputs."""
+    a = launch.args
+    E, N, K = a["n_experts"], a["N"], a["K"]
+    k, pairs = a["experts_per_token"], a["gather_ptr"].numel()
+    T = pairs // k
+    tiles = expected_row_tiles(E, k, T, constexprs["BLOCK_M"])
+    weights = expected_experts(E, k, T) * N * K
+    out = tensor_bytes(a["out_ptr"])
+    return Traffic(read=weights * 17 / 32 + pairs * K * 2, written=out, weights=weights,
+                   loop_trips=tiles * triton.cdiv(N, constexprs["BLOCK_N"]) * triton.cdiv(K, constexprs["BLOCK_K"]))

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._interpreter import interpreting, wrap_triton
+from .launch_plan import Traffic, tensor_bytes, traffic
 
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 values exactly.
 DOT_DTYPE = tl.float32 if interpreting() else tl.bfloat16
@@ -235,3 +236,13 @@ def _routing_op(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Ten
 def routing(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor, experts_per_token: int) -> RoutingData:
     """Route t [T, H] bf16 with the router gate_weight [E, H] / gate_bias [E] (bf16) to experts_per_token experts."""
     return RoutingData(*_routing_op(t, gate_weight, gate_bias, experts_per_token))
+
+
+@traffic(_routing_kernel)
+def _routing_traffic(launch, constexprs, env):
+    """The router weights by each token block, its tokens' rows, the logits and routing outputs."""
+    a = launch.args
+    blocks = triton.cdiv(a["n_tokens"], a["BLOCK_T"])
+    out = sum(tensor_bytes(a[n]) for n in ("logits_ptr", "indices_ptr", "weights_ptr", "gather_ptr", "scatter_ptr"))
+    return Traffic(read=blocks * tensor_bytes(a["w_ptr"]) + tensor_bytes(a["t_ptr"]), written=out,
+                   loop_trips=blocks * triton.cdiv(a["H"], a["BLOCK_H"]))

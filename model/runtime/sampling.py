@@ -86,7 +86,7 @@ def draw_tokens(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Te
         top_p = top_p if top_p is not None else torch.ones(R, dtype=torch.float32, device=logits.device)
         logits = filter_logits(logits.float() / torch.where(temperature > 0, temperature, 1.0)[:, None], top_k, top_p)
         temperature = (temperature > 0).float()  # tempered already: greedy rows stay greedy
-    if logits.is_cuda or interpreting():
+    if logits.device.type in ("cuda", "meta") or interpreting():  # meta: the static model records the GPU path
         return sample_tokens(logits.contiguous(), temperature, seeds, draws)
     return _sample_tokens_torch(logits, temperature, seeds, draws)
 
