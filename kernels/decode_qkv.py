@@ -30,7 +30,7 @@ def _configs(wide: bool):
     spills: 2 BLOCK_J weight rows per program, so BLOCK_J = 8 gives 20B's 80 heads 320 programs."""
     if interpreting():
         return [triton.Config({"BLOCK_J": 16, "BLOCK_K": 128}, num_warps=4)]
-    tiles = ([(16, 128, 4, 4), (8, 128, 4, 4), (16, 128, 8, 3), (8, 256, 8, 3)] if wide else
+    tiles = ([(16, 128, 4, 4), (8, 128, 4, 4), (16, 128, 8, 3), (32, 128, 8, 3), (32, 64, 8, 3)] if wide else
              [(8, 256, 4, 4), (16, 256, 4, 4), (16, 128, 4, 4), (8, 128, 4, 4)])
     return [triton.Config({"BLOCK_J": j, "BLOCK_K": k}, num_warps=w, num_stages=s) for j, k, w, s in tiles]
 
@@ -105,8 +105,8 @@ def decode_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         raise ValueError(f"decode_qkv: k_cache and v_cache must be equal [B, L, Hkv, D], got {list(k_cache.shape)} "
                          f"and {list(v_cache.shape)}")
     B, L, Hkv, D = k_cache.shape
-    if D % 32 or D & (D - 1) or N % D or N // D <= 2 * Hkv:
-        raise ValueError(f"decode_qkv: head dim {D} must be a power of two >= 32 and weight rows {N} a multiple "
+    if D < 64 or D & (D - 1) or N % D or N // D <= 2 * Hkv:
+        raise ValueError(f"decode_qkv: head dim {D} must be a power of two >= 64 and weight rows {N} a multiple "
                          f"of it with more than the 2 x {Hkv} k and v heads")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dtype != x.dtype or c.device != x.device or c.stride(3) != 1 or c.stride(2) != D:

@@ -30,11 +30,12 @@ from .launch_plan import Traffic, tensor_bytes, traffic
 def _configs(wide: bool):
     """(BLOCK_N, BLOCK_K, warps, stages), per regime of BLOCK_M (wide: 64 rows, on wgmma), each compiling for sm_90
     without spills and at least one within the 99 KB of shared memory of sm_86/89. Narrow N tiles, so that even
-    N = 2880 gives more programs than an H100 has SMs."""
+    N = 2880 gives more programs than an H100 has SMs; at 64 rows a wide one too, over which the norm prologue's
+    work on x (the same per K step whatever BLOCK_N) is spread."""
     if interpreting():
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4)]
-    tiles = ([(32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 8, 3), (64, 128, 8, 3)] if wide else
-             [(16, 256, 4, 4), (32, 256, 4, 4), (32, 128, 4, 4), (64, 128, 4, 4)])
+    tiles = ([(32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 8, 3), (64, 128, 8, 3), (128, 64, 8, 3)] if wide else
+             [(16, 256, 4, 4), (32, 256, 8, 4), (32, 128, 4, 4), (64, 128, 4, 4)])
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s) for n, k, w, s in tiles]
 
 

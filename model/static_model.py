@@ -85,24 +85,23 @@ class LaunchModel:
 
 
 def step_launches(config: GptOssConfig, batch: int, context: int, sms: int) -> list:
-    """The launches of one steady decode step of `batch` rows: the model's decode_step and the engine's sampler."""
+    """The launches of one steady decode step of `batch` rows as the engine runs it: the DecodeGraph's step
+    (the rows' tokens gathered, the model's decode_step, the in-graph sampler, the tokens written back)."""
+    from .runtime.decode_graph import DecodeGraph
     from .runtime.sampling import SamplingParams, SlotSampler
     from .triton_model import TritonGptOss
 
     with torch.device("meta"):
         model = TritonGptOss(config, device="meta")
         cache = model.new_cache(batch, context + 2)
-        tokens = torch.zeros(batch, dtype=torch.long)
-        active = torch.ones(batch, dtype=torch.int32)
         sampler = SlotSampler(batch, "meta")
         for b in range(batch):
             sampler.assign(b, SamplingParams(), seed=b)
-        rows = torch.arange(batch)
+        decoder = DecodeGraph(model, cache, sampler, capture=False)
         steps = []
-        for _ in range(2):  # the first step builds the RoPE table once: model the second
+        for _ in range(2):  # the first step builds the RoPE table and writes the bucket's buffers: model the second
             with launch_plan.record(sms) as launches:
-                logits = model.decode_step(tokens, active, cache)
-                tokens.index_copy_(0, rows, sampler(logits, rows, list(range(batch))))
+                decoder(list(range(batch)))
             steps.append(launches)
     return steps[-1]
 

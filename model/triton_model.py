@@ -1,9 +1,10 @@
 """The Triton backend: the whole gpt-oss graph on our kernels, with the reference's parameters and state_dict.
 
 `TritonGptOss` is `GptOss` with Triton blocks (attention: rmsnorm, rope + cache write, banded/full flash
-attention or flash-decoding; MoE: fused routing, MXFP4 grouped GEMMs with swiglu and the weighted combine
-+ residual in their epilogues), a Triton final norm, the KV cache of `TritonKVCache` (sliding layers keep
-a ring of the window) and a RoPE table computed once. `forward_packed` serves the engine: a step whose
+attention for prefill; at decode decode_qkv, flash-decoding and the out-projection with bias and residual in
+its epilogue; MoE: fused routing, MXFP4 grouped GEMMs with swiglu and the weighted combine + residual in their
+epilogues), a Triton final norm (at decode the unembedding's prologue), the KV cache of `TritonKVCache` (sliding
+layers keep a ring of the window) and a RoPE table computed once. `forward_packed` serves the engine: a step whose
 rows each take at most one token runs `decode_step` on those rows (no host sync, shapes fixed by the row count:
 what `DecodeGraph` captures in a CUDA graph per bucket of rows); any other step runs packed variable-length
 prefill.

@@ -92,27 +92,41 @@ def test_capture_needs_a_cuda_cache(model):
         DecodeGraph(model, model.new_cache(1, 8), SlotSampler(1, DEVICE), capture=True)
 
 
-def test_rows_join_and_leave_the_decode_buffers(model):
-    """Rows leave and join between decode steps, so the graph's active rows change and its token buffer must
+@pytest.mark.parametrize("sampled", [False, True])
+def test_rows_join_and_leave_the_decode_buffers(model, monkeypatch, sampled):
+    """Rows leave and join between decode steps, so the graph's rows change bucket and its token buffer must
     follow (a joining row's first token comes from a mixed prefill step), and the lookahead step launched
     before a request ends must drop its token. Same tokens as the engine's packed decode path (no DecodeGraph,
-    no lookahead), which runs the same kernels."""
-    greedy = [SamplingParams(max_new_tokens=n, temperature=0.0) for n in (2, 5, 2)]
+    no lookahead), which runs the same kernels; with sampling, greedy and sampled rows (filtered or not) share
+    steps, so the in-graph draws must advance each slot's counter as the packed path does. Each decode step
+    runs only its rows: buckets of 2 while both decode, 1 once one is left."""
+    temperature = (0.0, 0.8, 1.0) if sampled else (0.0, 0.0, 0.0)
+    params = [SamplingParams(max_new_tokens=n, temperature=t, top_k=k, seed=s)
+              for n, t, k, s in zip((2, 5, 2), temperature, (0, 20, 0), (1, 2, 3))]
+    rows_per_step = []
+    decode_step = model.decode_step
+
+    def spy(tokens, active, cache, slots=None):
+        rows_per_step.append(tokens.shape[0])
+        return decode_step(tokens, active, cache, slots)
+
+    monkeypatch.setattr(model, "decode_step", spy)
 
     def run(use_graph):
         engine = Engine(model, max_batch=2, max_len=24, lookahead=use_graph)
         if not use_graph:
             engine.decoder = None
-        reqs = [engine.submit([1, 2, 3], greedy[0]), engine.submit(list(range(10, 20)), greedy[1])]
+        reqs = [engine.submit([1, 2, 3], params[0]), engine.submit(list(range(10, 20)), params[1])]
         for _ in range(3):  # prefill both; decode both (the first ends); decode the second alone
             engine.step()
-        reqs.append(engine.submit([7, 8], greedy[2]))  # joins the freed slot: prefills beside a decode
+        reqs.append(engine.submit([7, 8], params[2]))  # joins the freed slot: prefills beside a decode
         engine.run()
         return [r.tokens for r in reqs], engine.steps
 
     (with_graph, steps), (without, _) = run(True), run(False)
     assert with_graph == without and [len(t) for t in with_graph] == [2, 5, 2]
     assert steps == 5
+    assert 2 in rows_per_step and 1 in rows_per_step and max(rows_per_step) == 2
 
 
 @pytest.mark.gpu

@@ -118,6 +118,7 @@ class Engine:
         self.decoder = DecodeGraph(model, self.cache, self.sampler, cuda_graph) if hasattr(model, "decode_step") else None
         self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
         self._launched: _Launched | None = None
+        self._readback: list | None = None  # pinned host buffers and events the decode steps' tokens come back by
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
@@ -207,9 +208,13 @@ class Engine:
         self.steps += 1
         if not nxt.is_cuda:
             return _Launched(rows, nxt, None)
-        host = torch.empty(nxt.shape, dtype=nxt.dtype, pin_memory=True)
+        if self._readback is None:  # at most two steps are in flight (one with the lookahead): two buffers
+            self._readback = [(torch.empty(len(self.slots), dtype=torch.long, pin_memory=True), torch.cuda.Event())
+                              for _ in range(2)]
+        host, done = self._readback[0]
+        self._readback.reverse()  # the other buffer for the next step, while this one's tokens may be unread
+        host = host[:len(rows)]
         host.copy_(nxt, non_blocking=True)
-        done = torch.cuda.Event()
         done.record()
         return _Launched(rows, host, done)
 
