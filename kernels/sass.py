@@ -75,8 +75,8 @@ def compile_launch(launch: TritonLaunch, constexprs: dict, options: dict, arch: 
 
 
 def main_loop(instructions: list) -> list:
-    """The instructions of the main loop: among the backward branches (loops), the innermost one with the most
-    instructions. Pipelined Triton loops are one basic-block range [target, branch]."""
+    """The instructions of the main loop: among the innermost loops (backward branches), the one with tensor-core
+    instructions, else the one with the most instructions. A pipelined Triton loop is one range [target, branch]."""
     loops = []
     for addr, text in instructions:
         m = _BRANCH.search(text)
@@ -85,8 +85,10 @@ def main_loop(instructions: list) -> list:
     innermost = [(s, e) for s, e in loops if not any(s < s2 and e2 < e for s2, e2 in loops if (s2, e2) != (s, e))]
     if not innermost:
         return []
-    start, end = max(innermost, key=lambda r: r[1] - r[0])
-    return [text for addr, text in instructions if start <= addr <= end]
+    def body(r):
+        return [text for addr, text in instructions if r[0] <= addr <= r[1]]
+    mma = [r for r in innermost if any(op(t).startswith(("HGMMA", "HMMA")) for t in body(r))]
+    return body(max(mma or innermost, key=lambda r: r[1] - r[0]))
 
 
 def _run(tool: str, *args: str) -> str:
