@@ -19,10 +19,12 @@ No host synchronisation and no loop over experts on the host; at most three laun
 3. per block: pair -> offsets[e] + its block's start for e + its rank among the block's pairs of expert e.
 
 `routing_decode` (up to DECODE_TOKENS tokens) also runs the RMSNorm before the router, in one launch whose
-programs split the router's weights (16 experts each) and the tokens (16 each), so the weights stream from
-many SMs: each program normalises its tokens (x read twice: sum of squares, then t), writes t in the expert
-GEMMs' K order (mxfp4.permute_k) when it holds the first experts, and stores its logits; the last program to
-arrive (kernels/arrival.py) runs top-k, softmax and the pair bookkeeping for all tokens.
+programs split the router's weights (16 experts each), the tokens (16 each) and, while that leaves fewer than
+16 programs, the hidden dim, so the weights stream from many SMs: each program normalises its tokens (their
+whole rows for the sum of squares, then its slice for t), writes t in the expert GEMMs' K order
+(mxfp4.permute_k) when it holds the first experts, and stores its fp32 partial logits; the last program to
+arrive (kernels/arrival.py) sums the slices in order, adds the bias, rounds the logits to bf16 and runs top-k,
+softmax and the pair bookkeeping for all tokens.
 """
 import dataclasses
 
@@ -208,25 +210,25 @@ def _permuted_k(k):
 
 
 @triton.jit
-def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, indices_ptr, weights_ptr, counts_ptr,
-                           offsets_ptr, gather_ptr, scatter_ptr, cnt_ptr, n_tokens, H, n_experts, eps, stride_x,
-                           stride_t, K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
+def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, part_ptr, indices_ptr, weights_ptr,
+                           counts_ptr, offsets_ptr, gather_ptr, scatter_ptr, cnt_ptr, n_tokens, H, n_experts, eps,
+                           stride_x, stride_t, h_split, K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
                            BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
-                           DOT_DTYPE: tl.constexpr):
-    pid_e, pid_t = tl.program_id(0), tl.program_id(1)
+                           H_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    pid_e, pid_t, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = offs_t < n_tokens
     p_x = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x
     ss = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
+    for h0 in range(0, H, 4 * BLOCK_H):  # the whole row's sum of squares
+        offs_h = h0 + tl.arange(0, 4 * BLOCK_H)
         x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & (offs_h < H)[None, :], other=0.0).to(tl.float32)
         ss += tl.sum(x * x, 1)
     rstd = tl.rsqrt(ss / H + eps)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < n_experts
     acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(pid_h * h_split, tl.minimum((pid_h + 1) * h_split, H), BLOCK_H):  # this program's slice
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
@@ -237,25 +239,31 @@ def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, in
                      mask=mask_t[:, None] & mask_h[None, :])
         w = tl.load(w_ptr + offs_e[None, :] * H + offs_h[:, None], mask=mask_e[None, :] & mask_h[:, None], other=0.0)
         acc = tl.dot(t.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
-    bias = tl.load(b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    tl.store(logits_ptr + offs_t.to(tl.int64)[:, None] * n_experts + offs_e[None, :],
-             (acc + bias[None, :]).to(logits_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_e[None, :])
-    if not last_to_arrive(cnt_ptr, tl.num_programs(0) * tl.num_programs(1), pid_e, _FENCE):
+    p_part = (pid_h * n_tokens + offs_t.to(tl.int64))[:, None] * n_experts + offs_e[None, :]
+    tl.store(part_ptr + p_part, acc, mask=mask_t[:, None] & mask_e[None, :])
+    if not last_to_arrive(cnt_ptr, tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2), pid_e, _FENCE):
         return
-    # Top-k of every token, the histogram, then each pair's grouped position, BLOCK_T tokens at a time.
+    # The logits (slices summed in order, the bias, rounded as a bf16 linear would), top-k of every token and
+    # the histogram, then each pair's grouped position: BLOCK_T tokens at a time.
     offs_ee = tl.arange(0, E_PAD)
+    mask_ee = offs_ee < n_experts
+    bias = tl.load(b_ptr + offs_ee, mask=mask_ee, other=0.0).to(tl.float32)
     hist = tl.zeros((E_PAD,), dtype=tl.int32)
     for t0 in range(0, n_tokens, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
-        logits = tl.load(logits_ptr + offs_t.to(tl.int64)[:, None] * n_experts + offs_ee[None, :],
-                         mask=(offs_t < n_tokens)[:, None] & (offs_ee < n_experts)[None, :], other=0.0,
-                         cache_modifier=".cg")
+        mask = (offs_t < n_tokens)[:, None] & mask_ee[None, :]
+        rows = offs_t.to(tl.int64)[:, None] * n_experts + offs_ee[None, :]
+        logits = bias[None, :] + tl.zeros((BLOCK_T, E_PAD), dtype=tl.float32)
+        for s in range(H_SPLITS):
+            logits += tl.load(part_ptr + s * n_tokens * n_experts + rows, mask=mask, other=0.0, cache_modifier=".cg")
+        logits = logits.to(logits_ptr.dtype.element_ty)
+        tl.store(logits_ptr + rows, logits, mask=mask)
         top_i = _top_k(logits, offs_t, n_tokens, n_experts, indices_ptr, weights_ptr, K, K_PAD, E_PAD)
         _, _, onehot = _block_pairs(top_i, offs_t, n_tokens, K, K_PAD, E_PAD)
         hist += tl.sum(onehot, 0)
     base = tl.cumsum(hist, 0) - hist
-    tl.store(counts_ptr + offs_ee, hist, mask=offs_ee < n_experts)
-    tl.store(offsets_ptr + offs_ee, base, mask=offs_ee < n_experts)
+    tl.store(counts_ptr + offs_ee, hist, mask=mask_ee)
+    tl.store(offsets_ptr + offs_ee, base, mask=mask_ee)
     tl.debug_barrier()  # the indices this program stored, read back by other threads
     offs_k = tl.arange(0, K_PAD)
     for t0 in range(0, n_tokens, BLOCK_T):
@@ -357,12 +365,18 @@ def _routing_decode_op(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, ga
     gather_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
     scatter_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
     if T:
-        block_t, block_e = 16, 16  # tl.dot's least tile
-        wrap_triton(_routing_decode_kernel)[(triton.cdiv(E, block_e), triton.cdiv(T, block_t))](
-            x, norm_scale, gate_weight, gate_bias, t, logits, indices, weights, counts, offsets, gather_indx,
-            scatter_indx, counters(dev, 1), T, H, E, eps, x.stride(0), t.stride(0), K=K,
+        block_t, block_e, block_h = 16, 16, 256 if interpreting() else 128  # 16: tl.dot's least tile
+        programs = triton.cdiv(E, block_e) * triton.cdiv(T, block_t)
+        # Split the hidden dim too while the grid is small: the router's weights stream from more SMs.
+        h_splits = max(1, min(triton.cdiv(H, block_h), 16 // programs))
+        h_split = triton.cdiv(triton.cdiv(H, h_splits), block_h) * block_h
+        h_splits = triton.cdiv(H, h_split)
+        part = torch.empty(h_splits, T, E, dtype=torch.float32, device=dev)
+        wrap_triton(_routing_decode_kernel)[(triton.cdiv(E, block_e), triton.cdiv(T, block_t), h_splits)](
+            x, norm_scale, gate_weight, gate_bias, t, logits, part, indices, weights, counts, offsets, gather_indx,
+            scatter_indx, counters(dev, 1), T, H, E, eps, x.stride(0), t.stride(0), h_split, K=K,
             K_PAD=triton.next_power_of_2(K), E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_T=block_t,
-            BLOCK_E=block_e, BLOCK_H=256 if interpreting() else 128, DOT_DTYPE=DOT_DTYPE,
+            BLOCK_E=block_e, BLOCK_H=block_h, H_SPLITS=h_splits, DOT_DTYPE=DOT_DTYPE,
             num_warps=8 if E > 64 else 4)
     return t, logits, indices, weights, counts, offsets, gather_indx, scatter_indx
 
@@ -377,11 +391,13 @@ def routing_decode(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, gate_w
 
 @traffic(_routing_decode_kernel)
 def _routing_decode_traffic(launch, constexprs, env):
-    """Each program: its tokens' rows twice and its experts' router rows; the logits, t and the routing outputs."""
+    """Each program: its tokens' whole rows (sum of squares), their slice again, its slice of its experts' router
+    rows; partial logits out and back in; t, the logits and the routing outputs."""
     a = launch.args
     T, H, E = a["n_tokens"], a["H"], a["n_experts"]
-    e_blocks, t_blocks = triton.cdiv(E, a["BLOCK_E"]), triton.cdiv(T, a["BLOCK_T"])
-    rows = 2 * e_blocks * T * H * a["x_ptr"].element_size()
+    e_blocks, t_blocks, splits = triton.cdiv(E, a["BLOCK_E"]), triton.cdiv(T, a["BLOCK_T"]), a["H_SPLITS"]
+    rows = e_blocks * (splits + 1) * T * H * a["x_ptr"].element_size()
+    partial = 2 * splits * T * E * 4
     out = tensor_bytes(a["t_ptr"]) + tensor_bytes(a["logits_ptr"]) + T * a["K"] * 16 + E * 8
-    return Traffic(read=rows + t_blocks * tensor_bytes(a["w_ptr"]) + tensor_bytes(a["logits_ptr"]), written=out,
-                   loop_trips=2 * e_blocks * t_blocks * triton.cdiv(H, a["BLOCK_H"]))
+    return Traffic(read=rows + t_blocks * tensor_bytes(a["w_ptr"]) + partial // 2, written=out + partial // 2,
+                   loop_trips=e_blocks * t_blocks * splits * triton.cdiv(a["h_split"], a["BLOCK_H"]))

@@ -9,8 +9,10 @@
                       routing; the KV cache at `context` positions), or each tensor argument once;
        bandwidth      the device's DRAM bandwidth, scaled by min(1, SMs used * PER_SM_SHARE / SMs) for grids that
                       cannot occupy the GPU;
-       instructions   main-loop SASS instructions x warps x loop trips (from the traffic declaration), plus the
-                      rest of the kernel's instructions once per warp of every program;
+       instructions   main-loop SASS instructions x warps x loop trips (from the traffic declaration), plus for
+                      every warp of every program the instructions before the loop and the fewest after it to
+                      an exit (a loop-less kernel: all its instructions); the extra epilogue of the programs
+                      that finish a split reduction (kernels/arrival.py) is not charged;
        issue rate     4 warp-instructions per clock per SM (one per SM sub-partition) over the SMs the grid uses;
    a torch op (cuBLAS GEMM, copy, fill) as max(bytes / bandwidth, floor) per kernel it launches. An autotuned
    launch is modelled with its fastest config (the autotuner picks by measurement).
@@ -191,7 +193,10 @@ def _model_triton(ck, launch, constexprs, options, grid, env, device: Device) ->
     programs = grid[0] * grid[1] * grid[2]
     warps = ck.num_warps
     loop = len(ck.loop)
-    instructions = loop * warps * traffic.loop_trips + (len(ck.instructions) - loop) * warps * programs
+    if loop:  # every program: its prologue and the cheapest way out; the main loop's trips from the traffic
+        instructions = loop * warps * traffic.loop_trips + (ck.prologue + ck.exit_path) * warps * programs
+    else:
+        instructions = len(ck.instructions) * warps * programs
     sms_used = min(programs, device.sms)
     bandwidth = device.bandwidth * min(1.0, sms_used * PER_SM_SHARE / device.sms)
     t_mem = traffic.total / bandwidth

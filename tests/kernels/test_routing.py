@@ -146,6 +146,7 @@ def test_routing_decode_is_norm_then_routing(T, E, H, K, device):
     assert_close(t, permute_k(t_ref), name="t")
     check_routing(r, t_ref, w, b, K)
     assert (arrival.counters(x.device, 1) == 0).all()
+    args = [a.to("meta") for a in (x, scale)] + [1e-5] + [a.to("meta") for a in (w, b)] + [K]
     with launch_plan.record() as launches:
-        routing_decode(x.to("meta"), scale.to("meta"), 1e-5, w.to("meta"), b.to("meta"), K)
+        routing_decode(*args)
     assert [l.name for l in launches] == ["_routing_decode_kernel"]
