@@ -47,7 +47,7 @@ class TritonLaunch:
     kernel: the @triton.jit function (an InterpretedFunction under TRITON_INTERPRET=1); name: its name;
     grid: (x, y, z) for a fixed config, or a function of the meta-parameters (autotuned kernels);
     args: every runtime argument and constexpr by parameter name; options: num_warps / num_stages as passed;
-    configs: the autotuner's triton.Config list (None if not tuned).
+    configs: the autotuner's triton.Config list after its early_config_prune (None if not tuned).
     """
     kernel: object
     grid: tuple | Callable
@@ -159,7 +159,10 @@ def record_triton(kernel, grid, args: tuple, kwargs: dict) -> None:
     for name, p in parameters.items():  # defaults of parameters the launcher left out
         if name not in bound and p.default is not inspect.Parameter.empty:
             bound[name] = p.default
-    configs = list(kernel.configs) if isinstance(kernel, triton.runtime.Autotuner) else None
+    configs = None
+    if isinstance(kernel, triton.runtime.Autotuner):
+        prune = kernel.early_config_prune
+        configs = list(prune(kernel.configs, bound) if prune else kernel.configs)
     recording().append(TritonLaunch(fn, grid, bound, options, configs))
 
 

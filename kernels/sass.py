@@ -38,7 +38,9 @@ class Compiled:
     spill_bytes: int          # stack frame (local memory) per thread: 0 when nothing spills
     shared: int               # bytes of shared memory per block
     instructions: list        # SASS instructions (opcode + operands), in address order
-    loop: list                # the main loop's instructions (see main_loop); [] when the kernel has no loop
+    loop: list                # the main loop's instructions (main_loop_range); [] when the kernel has no loop
+    prologue: int = 0         # instructions before the main loop
+    exit_path: int = 0        # the fewest instructions from the main loop's exit to an EXIT
 
     @property
     def mma(self) -> str:
@@ -68,25 +70,59 @@ def compile_launch(launch: TritonLaunch, constexprs: dict, options: dict, arch: 
         sass = _run("cuobjdump", "-sass", f.name)
     line = next(l for l in usage.splitlines() if "REG:" in l)
     instructions = [(int(a, 16), text.strip()) for a, text in _INSTRUCTION.findall(sass)]
+    start, end = main_loop_range(instructions)
+    texts = [t for _, t in instructions]
     return Compiled(launch.name, arch, constexprs, ck.metadata.num_warps, ck.metadata.num_stages,
                     registers=int(re.search(r"REG:(\d+)", line).group(1)),
                     spill_bytes=int(re.search(r"STACK:(\d+)", line).group(1)) + int(re.search(r"LOCAL:(\d+)", line).group(1)),
-                    shared=ck.metadata.shared, instructions=[t for _, t in instructions], loop=main_loop(instructions))
+                    shared=ck.metadata.shared, instructions=texts, loop=texts[start:end],
+                    prologue=start if end > start else 0,
+                    exit_path=_shortest_exit(instructions, end) if end > start else 0)
 
 
-def main_loop(instructions: list) -> list:
-    """The instructions of the main loop: among the backward branches (loops), the innermost one with the most
-    instructions. Pipelined Triton loops are one basic-block range [target, branch]."""
+def main_loop_range(instructions: list) -> tuple[int, int]:
+    """[start, end) indices of the main loop in (address, text) instructions: among the innermost loops (backward
+    branches), the one with tensor-core instructions, else the one with the most instructions. A pipelined Triton
+    loop is one range [branch target, branch]. (0, 0) without a loop."""
+    index = {addr: i for i, (addr, _) in enumerate(instructions)}
     loops = []
-    for addr, text in instructions:
+    for i, (addr, text) in enumerate(instructions):
         m = _BRANCH.search(text)
         if m and int(m.group(1), 16) < addr:
-            loops.append((int(m.group(1), 16), addr))
+            loops.append((index[int(m.group(1), 16)], i + 1))
     innermost = [(s, e) for s, e in loops if not any(s < s2 and e2 < e for s2, e2 in loops if (s2, e2) != (s, e))]
     if not innermost:
-        return []
-    start, end = max(innermost, key=lambda r: r[1] - r[0])
-    return [text for addr, text in instructions if start <= addr <= end]
+        return 0, 0
+    mma = [r for r in innermost if any(op(t).startswith(("HGMMA", "HMMA")) for _, t in instructions[r[0]:r[1]])]
+    return max(mma or innermost, key=lambda r: r[1] - r[0])
+
+
+def _shortest_exit(instructions: list, first: int) -> int:
+    """The fewest instructions executed from index `first` to an EXIT (breadth-first over fall-through and branch
+    edges: a program that leaves by the cheapest path, e.g. a split that is not the last to arrive)."""
+    index = {addr: i for i, (addr, _) in enumerate(instructions)}
+    dist, frontier = {first: 0}, [first]
+    while frontier:
+        nxt = []
+        for i in frontier:
+            if i >= len(instructions):
+                continue
+            text = instructions[i][1]
+            if op(text) == "EXIT":
+                return dist[i] + 1
+            guarded = text.startswith("@")
+            targets = []
+            m = _BRANCH.search(text)
+            if m:
+                targets.append(index.get(int(m.group(1), 16), len(instructions)))
+            if not (m and not guarded) and not (op(text) == "EXIT" and not guarded):
+                targets.append(i + 1)
+            for t in targets:
+                if t not in dist:
+                    dist[t] = dist[i] + 1
+                    nxt.append(t)
+        frontier = nxt
+    return len(instructions) - first
 
 
 def _run(tool: str, *args: str) -> str:

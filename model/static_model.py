@@ -9,8 +9,10 @@
                       routing; the KV cache at `context` positions), or each tensor argument once;
        bandwidth      the device's DRAM bandwidth, scaled by min(1, SMs used * PER_SM_SHARE / SMs) for grids that
                       cannot occupy the GPU;
-       instructions   main-loop SASS instructions x warps x loop trips (from the traffic declaration), plus the
-                      rest of the kernel's instructions once per warp of every program;
+       instructions   main-loop SASS instructions x warps x loop trips (from the traffic declaration), plus for
+                      every warp of every program the instructions before the loop and the fewest after it to
+                      an exit (a loop-less kernel: all its instructions); the extra epilogue of the programs
+                      that finish a split reduction (kernels/arrival.py) is not charged;
        issue rate     4 warp-instructions per clock per SM (one per SM sub-partition) over the SMs the grid uses;
    a torch op (cuBLAS GEMM, copy, fill) as max(bytes / bandwidth, floor) per kernel it launches. An autotuned
    launch is modelled with its fastest config (the autotuner picks by measurement).
@@ -30,7 +32,7 @@ import sys
 import torch
 
 from ..kernels import launch_plan
-from .config import GptOssConfig
+from .config import PRESETS, GptOssConfig
 from .roofline import decode_bytes
 
 
@@ -106,14 +108,44 @@ def step_launches(config: GptOssConfig, batch: int, context: int, sms: int) -> l
     return steps[-1]
 
 
-def model_step(config: GptOssConfig, batch: int, context: int, device: Device = H100, cache: dict | None = None):
-    """(launch models, step seconds, roofline seconds) of one decode step."""
-    from ..kernels.sass import compile_launch
+def prefill_launches(config: GptOssConfig, lengths: tuple[int, ...], sms: int = H100.sms) -> list:
+    """The launches of one packed prefill step of prompts of `lengths` tokens (the engine's forward_packed)."""
+    from .triton_model import TritonGptOss
 
+    with torch.device("meta"):
+        model = TritonGptOss(config, device="meta")
+        cache = model.new_cache(len(lengths), max(lengths) + 1)
+        model.rope_tables()
+        with launch_plan.record(sms) as launches:
+            model.forward_packed(torch.zeros(sum(lengths), dtype=torch.long), list(lengths), cache)
+    return launches
+
+
+def distinct_launches(launches: list) -> list:
+    """The Triton launches of a list that compile differently (kernel, specialisation and options)."""
+    seen, out = set(), []
+    for launch in launches:
+        if not isinstance(launch, launch_plan.TritonLaunch):
+            continue
+        for constexprs, options, _ in launch.candidates():
+            key = (launch.name, repr(launch_plan.specialize(launch, constexprs)), repr(sorted(options.items())))
+            if key not in seen:
+                seen.add(key)
+                out.append((launch, constexprs, options))
+    return out
+
+
+def model_step(config: GptOssConfig, batch: int, context: int, device: Device = H100, cache: dict | None = None,
+               workers: int = 1):
+    """(launch models, step seconds, roofline seconds) of one decode step; compiles in `workers` processes."""
     cache = {} if cache is None else cache
     env = {"context": context}
+    launches = step_launches(config, batch, context, device.sms)
+    jobs = [(l, c, o) for l, c, o in distinct_launches(launches) if _key(l, c, o, device) not in cache]
+    for job, compiled in zip(jobs, compile_all(jobs, device.arch, workers)):
+        cache[_key(*job, device)] = compiled
     models = []
-    for launch in step_launches(config, batch, context, device.sms):
+    for launch in launches:
         if isinstance(launch, launch_plan.TorchLaunch):
             t = max(launch.bytes / device.bandwidth, device.launch_floor)
             models.append(LaunchModel(launch.op, 1, kernels=launch.count, bytes=launch.bytes,
@@ -122,14 +154,37 @@ def model_step(config: GptOssConfig, batch: int, context: int, device: Device = 
             continue
         best = None
         for constexprs, options, grid in launch.candidates():
-            key = (launch.name, repr(launch_plan.specialize(launch, constexprs)), repr(options), device.arch)
-            if key not in cache:
-                cache[key] = compile_launch(launch, constexprs, options, device.arch)
-            m = _model_triton(cache[key], launch, constexprs, options, grid, env, device)
+            m = _model_triton(cache[_key(launch, constexprs, options, device)], launch, constexprs, options, grid,
+                              env, device)
             best = m if best is None or m.time < best.time else best
         models.append(best)
     rows = decode_bytes(config, batch, context).total
     return _merge(models), sum(m.time * m.count for m in models), rows / device.bandwidth
+
+
+def _key(launch, constexprs, options, device):
+    return launch.name, repr(launch_plan.specialize(launch, constexprs)), repr(sorted(options.items())), device.arch
+
+
+_JOBS: list = []
+
+
+def _compile_job(i):
+    from ..kernels.sass import compile_launch
+    launch, constexprs, options, arch = _JOBS[i]
+    return compile_launch(launch, constexprs, options, arch)
+
+
+def compile_all(jobs: list, arch: int, workers: int = 1) -> list:
+    """Compile (launch, constexprs, options) jobs for `arch`, in `workers` forked processes (jobs reach them by
+    index: launches do not pickle); the Compiled results in order."""
+    global _JOBS
+    _JOBS = [(l, c, o, arch) for l, c, o in jobs]
+    if workers <= 1 or len(jobs) <= 1:
+        return [_compile_job(i) for i in range(len(jobs))]
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_compile_job, range(len(jobs)), chunksize=1)
 
 
 def _model_triton(ck, launch, constexprs, options, grid, env, device: Device) -> LaunchModel:
@@ -137,7 +192,10 @@ def _model_triton(ck, launch, constexprs, options, grid, env, device: Device) ->
     programs = grid[0] * grid[1] * grid[2]
     warps = ck.num_warps
     loop = len(ck.loop)
-    instructions = loop * warps * traffic.loop_trips + (len(ck.instructions) - loop) * warps * programs
+    if loop:  # every program: its prologue and the cheapest way out; the main loop's trips from the traffic
+        instructions = loop * warps * traffic.loop_trips + (ck.prologue + ck.exit_path) * warps * programs
+    else:
+        instructions = len(ck.instructions) * warps * programs
     sms_used = min(programs, device.sms)
     bandwidth = device.bandwidth * min(1.0, sms_used * PER_SM_SHARE / device.sms)
     t_mem = traffic.total / bandwidth
@@ -166,9 +224,10 @@ def _merge(models: list) -> list:
     return list(merged.values())
 
 
-def report(config_name: str, batch: int, context: int, device: Device, cache: dict, out=sys.stdout) -> dict:
+def report(config_name: str, batch: int, context: int, device: Device, cache: dict, out=sys.stdout,
+           workers: int = 1) -> dict:
     config = GptOssConfig.preset(config_name)
-    models, step, roof = model_step(config, batch, context, device, cache)
+    models, step, roof = model_step(config, batch, context, device, cache, workers)
     launches = sum(m.count * m.kernels for m in models)
     print(f"\n{config_name}, batch {batch}, context {context}, {device.name}: {launches} launches per step", file=out)
     print(f"{'launch':<34}{'n':>4} {'grid':>14} {'config':<34}{'reg':>4}{'spill':>6}{'smem':>7} {'mma':<9}"
@@ -197,11 +256,14 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=1024, help="cached positions each sequence attends over")
     p.add_argument("--device", choices=sorted(DEVICES), default="h100")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--workers", type=int, default=1, help="processes compiling in parallel")
     args = p.parse_args(argv)
     cache, results = {}, []
     for name in args.models:
+        if name not in PRESETS:
+            raise SystemExit(f"static model: {name!r} is not a preset ({', '.join(sorted(PRESETS))})")
         for batch in args.batch:
-            results.append(report(name, batch, args.context, DEVICES[args.device], cache))
+            results.append(report(name, batch, args.context, DEVICES[args.device], cache, workers=args.workers))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
