@@ -10,7 +10,9 @@ torch.compile's tracing each call gets a fresh zeroed buffer instead.
 import torch
 import triton
 import triton.language as tl
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 _COUNTERS: dict = {}
 
@@ -18,7 +20,7 @@ _COUNTERS: dict = {}
 def counters(device: torch.device, n: int) -> torch.Tensor:
     """A zeroed int32 buffer of at least n counters for `device` (allocated once, then reused)."""
     device = torch.device(device)
-    if device.type != "meta" and _get_current_dispatch_mode() is not None:
+    if device.type != "meta" and _fake_tracing():
         # torch.compile tracing (fake tensors): a fresh zeroed buffer in the graph, not the cached real one
         return torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
     buf = _COUNTERS.get(device)
@@ -27,6 +29,12 @@ def counters(device: torch.device, n: int) -> torch.Tensor:
         buf = alloc(max(n, 4096), dtype=torch.int32, device=device)
         _COUNTERS[device] = buf
     return buf
+
+
+def _fake_tracing() -> bool:
+    """Whether ops run on fake tensors (torch.compile's or export's tracing), not merely under some dispatch mode
+    (a profiler's or a launch counter's sees the real buffer)."""
+    return get_proxy_mode() is not None or any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())
 
 
 @triton.jit

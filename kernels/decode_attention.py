@@ -15,10 +15,10 @@ keys (split sizes follow each row's own length, so a short sequence in a long ca
 programs) and keeps the G query heads of the group as the rows of one tile (padded to 16 for tl.dot), so the
 group reads its K/V once. With one split it normalises and stores the output itself. With several, each writes
 an unnormalised fp32 partial with its running max and sum, then counts itself done on a counter per
-(row, KV head); the last to arrive merges all splits in split order (deterministic whichever arrives last)
-with the sink, m = max(m_i..., sink), l = sum l_i e^(m_i-m) + e^(sink-m), and resets the counter to 0 for the
-next launch. P is fed to the P·V product as bf16 hi + lo parts: fp32-exact to ~2^-16, as the reference's fp32
-probabilities, at the cost of a second small MMA in a kernel bound by reading K and V.
+(row, KV head) (kernels/arrival.py); the last to arrive merges all splits in split order (deterministic
+whichever arrives last) with the sink, m = max(m_i..., sink), l = sum l_i e^(m_i-m) + e^(sink-m). P is fed
+to the P·V product as bf16 hi + lo parts: fp32-exact to ~2^-16, as the reference's fp32 probabilities, at the
+cost of a second small MMA in a kernel bound by reading K and V.
 """
 from typing import Optional
 
@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
+from .arrival import counters, last_to_arrive
 from .attention import _LOG2E, check_cache, check_gqa, dot_precision
 from .launch_plan import Traffic, multiprocessors, tensor_bytes, traffic
 from .reference import attention_ref
@@ -70,7 +71,8 @@ def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, C
                              stride_kcb, stride_kcs, stride_vcb, stride_vcs, cache_len, qk_scale, window,
                              HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                              NUM_SPLITS: tl.constexpr, SPLITS_P: tl.constexpr, SLIDING: tl.constexpr,
-                             DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+                             DOT_F32: tl.constexpr, PRECISION: tl.constexpr, FENCE: tl.constexpr,
+                             BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -134,12 +136,9 @@ def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, C
         tl.store(O_PART + (part * NUM_SPLITS + split)[:, None] * D + d[None, :], acc, mask=g_ok[:, None])
         tl.store(ML_PART + (part * NUM_SPLITS + split) * 2, m_i, mask=g_ok)
         tl.store(ML_PART + (part * NUM_SPLITS + split) * 2 + 1, l_i, mask=g_ok)
-        tl.debug_barrier()  # every thread's partials are written before the counter says so
-        done = tl.atomic_add(COUNTERS + pid_bh, 1, sem="acq_rel", scope="gpu")
-        if done == NUM_SPLITS - 1:
+        if last_to_arrive(COUNTERS + pid_bh, NUM_SPLITS, split, FENCE):
             o = _merge_splits(O_PART, ML_PART, SINKS, part, h, g_ok, D, NUM_SPLITS, SPLITS_P)
             tl.store(p_o, o.to(O.dtype.element_ty), mask=g_ok[:, None])
-            tl.store(COUNTERS + pid_bh, 0)
 
 
 def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.device) -> int:
@@ -148,16 +147,14 @@ def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.de
     return max(1, min(triton.cdiv(2 * sms, batch * kv_heads), triton.cdiv(visible, 256)))
 
 
-@torch.library.triton_op("gpt_oss_triton::decode_attention", mutates_args=("counters",))
+@torch.library.triton_op("gpt_oss_triton::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
                      positions: torch.Tensor, sm_scale: float, sliding_window: int = 0, num_splits: int = 0,
-                     slots: Optional[torch.Tensor] = None, counters: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     slots: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q [M, Hq, D], k_cache, v_cache [B, L, Hkv, D], sinks [Hq], positions [B] int32, slots [M] int32 (None: row
     i reads cache row i) -> out [M, Hq, D].
 
     num_splits = 0 picks default_num_splits (from M, Hkv and min(L, window): never from device values).
-    counters: int32 [>= M * Hkv] zeros that the launch leaves zeroed (the split merge counts on them); a caller
-    that launches often keeps one (TritonKVCache.split_counters), else one is allocated (a memset launch).
     """
     if q.dim() != 3 or q.stride(2) != 1 or q.stride(1) != q.shape[2]:
         raise ValueError(f"decode_attention: q must be [M, Hq, D] with contiguous heads and dims, got shape "
@@ -190,20 +187,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     splits = num_splits or default_num_splits(M, Hkv, visible, q.device)
     if slots is None:
         slots = torch.arange(M, dtype=torch.int32, device=q.device)
-    if counters is None:
-        counters = torch.zeros(M * Hkv if splits > 1 else 1, dtype=torch.int32, device=q.device)
-    elif counters.dtype != torch.int32 or counters.numel() < M * Hkv or counters.device != q.device:
-        raise ValueError(f"decode_attention: counters must be int32 [>= {M * Hkv}] on {q.device}, got "
-                         f"{list(counters.shape)} {counters.dtype} on {counters.device}")
+    cnt = counters(q.device, M * Hkv) if splits > 1 else slots  # one split: no merge, nothing to count
     G = Hq // Hkv
     o_part = torch.empty((M, Hq, splits, D) if splits > 1 else (1,), dtype=torch.float32, device=q.device)
     ml_part = torch.empty((M, Hq, splits, 2) if splits > 1 else (1,), dtype=torch.float32, device=q.device)
     wrap_triton(_decode_attention_kernel)[(splits, M * Hkv)](
-        q, k_cache, v_cache, slots, positions, sinks, out, o_part, ml_part, counters, q.stride(0), out.stride(0),
+        q, k_cache, v_cache, slots, positions, sinks, out, o_part, ml_part, cnt, q.stride(0), out.stride(0),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), L, sm_scale * _LOG2E,
         sliding_window, HKV=Hkv, G=G, GP=max(triton.next_power_of_2(G), 16), D=D, NUM_SPLITS=splits,
         SPLITS_P=triton.next_power_of_2(splits), SLIDING=sliding_window > 0, DOT_F32=interpreting(),
-        PRECISION=dot_precision(q.dtype))
+        PRECISION=dot_precision(q.dtype), FENCE=not interpreting())
     return out
 
 

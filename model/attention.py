@@ -95,7 +95,7 @@ class TritonAttentionBlock(AttentionBlock):
         q = decode_qkv(x, self.qkv.weight, self.qkv.bias, self.norm.scale, self.norm.eps, cos, sin, k_cache,
                        v_cache, cache.lengths, slots, active)
         o = decode_attention(q, k_cache, v_cache, self.sinks, cache.lengths, self.sm_scale, self.sliding_window,
-                             slots=slots, counters=cache.split_counters)
+                             slots=slots)
         return linear(o.view(M, -1), self.out.weight, self.out.bias if residual else None,
                       x if residual else None)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import assert_close
 
+from gpt_oss_triton.kernels.arrival import counters
 from gpt_oss_triton.kernels.decode_attention import decode_attention, decode_attention_ref
 from gpt_oss_triton.kernels.reference import attention_ref
 
@@ -80,10 +81,9 @@ def test_decode_attention_rows_read_their_slots(num_splits, device):
     args, *_ = _case(positions, 8, 2, 48, device)
     slots = torch.tensor([2, 0, 3, 2], dtype=torch.int32, device=device)
     q = args["q"][[0, 1, 2, 0]]
-    counters = torch.zeros(4 * 2, dtype=torch.int32, device=device)
     out = decode_attention(q, args["k_cache"], args["v_cache"], args["sinks"], args["positions"], SM_SCALE,
-                           num_splits=num_splits, slots=slots, counters=counters)
-    assert not counters.any()
+                           num_splits=num_splits, slots=slots)
+    assert not counters(q.device, 8).any()
     expected = decode_attention_ref(q, args["k_cache"], args["v_cache"], args["sinks"], args["positions"], SM_SCALE,
                                     slots=slots)
     assert_close(out, expected)
