@@ -175,29 +175,27 @@ def _combine(ws_ptr, b_ptr, out_ptr, scatter_ptr, indices_ptr, weights_ptr, resi
 
 
 @triton.jit
-def _mma_step(acc, k0, p_w, p_s, p_x, mask_n, mask_m, offs_tg, K, KQ, G, N, MASK_K: tl.constexpr,
-              K_TAIL: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """acc [BLOCK_N, BLOCK_M] += W[rows, k0:k0+BLOCK_K] @ x^T: codes, scales and x of one K tile (masked along K
-    only when MASK_K: the last tile)."""
+def _mma_step(acc, k0, p_w, p_s, p_x, K, KQ, G, MASK_K: tl.constexpr, K_TAIL: tl.constexpr, FAST: tl.constexpr,
+              DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] += W[rows, k0:k0+BLOCK_K] @ x^T: codes, scales and x of one K tile. The pointers'
+    rows are clamped in range (rows past the tile's end are computed and never stored), so only the last K tile
+    (MASK_K) masks its loads."""
     C: tl.constexpr = BLOCK_K // _KCHUNK
     T: tl.constexpr = BLOCK_N // _ROWS
     offs_q = k0 // 4 + tl.arange(0, BLOCK_K // 4)
     offs_g = k0 // 32 + tl.arange(0, 2 * C)
     offs_k = k0 + tl.arange(0, BLOCK_K)
     if MASK_K:
-        mask_w = mask_n[:, None] & (offs_q < KQ)[None, :]
-        mask_s = (offs_tg < N // _ROWS)[:, None, None] & (offs_g < G)[None, :, None]
+        packed = tl.load(p_w + offs_q[None, :], mask=(offs_q < KQ)[None, :], other=0)
+        sc = tl.load(p_s + offs_g[None, :, None] * _ROWS, mask=(offs_g < G)[None, :, None], other=0)
         if K_TAIL:  # a half chunk at the end: its missing half is not in K
-            mask_x = mask_m[None, :] & (_true_k(offs_k) < K)[:, None]
+            x = tl.load(p_x + offs_k[:, None], mask=(_true_k(offs_k) < K)[:, None], other=0.0)
         else:
-            mask_x = mask_m[None, :] & (offs_k < K)[:, None]
+            x = tl.load(p_x + offs_k[:, None], mask=(offs_k < K)[:, None], other=0.0)
     else:
-        mask_w = mask_n[:, None]
-        mask_s = (offs_tg < N // _ROWS)[:, None, None]
-        mask_x = mask_m[None, :]
-    packed = tl.load(p_w + offs_q[None, :], mask=mask_w, other=0)
-    sc = tl.load(p_s + offs_g[None, :, None] * _ROWS, mask=mask_s, other=0)
+        packed = tl.load(p_w + offs_q[None, :])
+        sc = tl.load(p_s + offs_g[None, :, None] * _ROWS)
+        x = tl.load(p_x + offs_k[:, None])
     sc = tl.reshape(tl.permute(tl.reshape(sc, (T, 2 * C, 8, 2)), (0, 3, 2, 1)), (BLOCK_N, 2 * C))  # rows, groups
     # Element 16 c + 4 q + 2 g + b of the tile holds codes of group 2 c + q // 2.
     f = mxfp4_factor(sc, FAST)
@@ -206,7 +204,6 @@ def _mma_step(acc, k0, p_w, p_s, p_x, mask_n, mask_m, offs_tg, K, KQ, G, N, MASK
     w = tl.join(tl.join(v0, v1), tl.join(v2, v3))                       # n, (c q g b), j', i   (code j = 2i + j')
     w = tl.reshape(w, (BLOCK_N, C, 4, 2, 2, 2, 2))
     w = tl.reshape(tl.permute(w, (0, 1, 3, 6, 5, 2, 4)), (BLOCK_N, BLOCK_K))  # K order: c g j q b
-    x = tl.load(p_x + offs_k[:, None], mask=mask_x, other=0.0)
     return tl.dot(w, x.to(DOT_DTYPE), acc)
 
 
@@ -234,15 +231,16 @@ def _moe_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, gathe
     if GATHER_ROWS:  # mlp1 reads each token's row where it sits; mlp2's input is already grouped
         x_rows = tl.load(gather_ptr + rows, mask=mask_m, other=0) // EXPERTS_PER_TOKEN
     else:
-        x_rows = rows
+        x_rows = tl.minimum(rows, n_pairs - 1)
     p_x = x_ptr + x_rows.to(tl.int64)[None, :] * stride_x
     # Codes as uint16 (4 codes each): row stride stride_w = K/4; scales: 16-row groups of 16 bytes per group of 32.
     expert64 = expert.to(tl.int64)
     KQ = stride_w
     G = K // 32
     T: tl.constexpr = BLOCK_N // _ROWS
-    p_w = w_ptr.to(tl.pointer_type(tl.uint16)) + expert64 * N * KQ + offs_n.to(tl.int64)[:, None] * KQ
-    offs_tg = pid_n * T + tl.arange(0, T)
+    p_w = (w_ptr.to(tl.pointer_type(tl.uint16)) + expert64 * N * KQ
+           + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * KQ)
+    offs_tg = tl.minimum(pid_n * T + tl.arange(0, T), N // _ROWS - 1)
     p_s = s_ptr + expert64 * N * G + offs_tg[:, None, None] * (G * _ROWS) + tl.arange(0, _ROWS)[None, None, :]
     iters = tl.cdiv(K, BLOCK_K)
     per_split = tl.cdiv(iters, SPLIT_K)
@@ -250,11 +248,10 @@ def _moe_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, gathe
     full_end = tl.minimum(it_end, K // BLOCK_K)  # iterations that need no mask along K
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for it in range(pid_k * per_split, full_end):
-        acc = _mma_step(acc, it * BLOCK_K, p_w, p_s, p_x, mask_n, mask_m, offs_tg, K, KQ, G, N, False, K_TAIL, FAST,
-                        DOT_DTYPE, BLOCK_N, BLOCK_K)
+        acc = _mma_step(acc, it * BLOCK_K, p_w, p_s, p_x, K, KQ, G, False, K_TAIL, FAST, DOT_DTYPE, BLOCK_N, BLOCK_K)
     if full_end < it_end:  # the split holding K's last, partial tile
-        acc = _mma_step(acc, full_end * BLOCK_K, p_w, p_s, p_x, mask_n, mask_m, offs_tg, K, KQ, G, N, True, K_TAIL,
-                        FAST, DOT_DTYPE, BLOCK_N, BLOCK_K)
+        acc = _mma_step(acc, full_end * BLOCK_K, p_w, p_s, p_x, K, KQ, G, True, K_TAIL, FAST, DOT_DTYPE, BLOCK_N,
+                        BLOCK_K)
 
     if SPLIT_K > 1 or EPILOGUE == COMBINE:
         tl.store(ws_ptr + (pid_k * n_pairs + rows.to(tl.int64))[None, :] * N + offs_n[:, None], acc,

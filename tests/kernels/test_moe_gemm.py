@@ -92,7 +92,8 @@ def test_expert_subset_adds_only_its_experts(name, device):
 def test_decode_is_deterministic(device):
     x, r, w, _ = setup_case("decode_ragged_split3", device)
     a = [mlp1(x, r, w, 3) for _ in range(2)]
-    assert torch.equal(a[0], a[1])
+    I = w["mlp1_blocks"].shape[1] // 2
+    assert torch.equal(unpermute_k(a[0], I), unpermute_k(a[1], I))  # the padding columns are never written
     out = [moe_mlp2(a[0], r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], split_k=3) for _ in range(2)]
     assert torch.equal(out[0], out[1])
 
