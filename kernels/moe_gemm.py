@@ -40,7 +40,7 @@ from ._interpreter import interpreting, wrap_triton
 from .arrival import counters, last_to_arrive
 from .launch_plan import Traffic, multiprocessors, tensor_bytes, traffic
 from .mxfp4 import KCHUNK, REPACK_ROWS, mxfp4_dequantize, mxfp4_unrepack
-from .mxfp4_unpack import mxfp4_decode4, mxfp4_factor
+from .mxfp4_unpack import mxfp4_decode4, mxfp4_factor, permuted_k, true_k
 from .reference import swiglu_ref
 
 INTERPRET = interpreting()
@@ -133,20 +133,6 @@ def expert_tile(pid_m, counts_ptr, offsets_ptr, n_experts, E_PAD: tl.constexpr, 
 
 
 @triton.jit
-def _true_k(p):
-    """Position p of the kernels' K order (mxfp4.permute_k) -> the original index along K."""
-    w = p % 64
-    return p - w + 16 * ((w // 2) % 4) + 8 * (w // 32) + 4 * (w % 2) + (w // 8) % 4
-
-
-@triton.jit
-def _permuted_k(k):
-    """Original index k -> its position in the kernels' K order."""
-    w = k % 64
-    return k - w + 32 * ((w // 8) % 2) + 8 * (w % 4) + 2 * (w // 16) + (w // 4) % 2
-
-
-@triton.jit
 def _combine(ws_ptr, b_ptr, out_ptr, scatter_ptr, indices_ptr, weights_ptr, residual_ptr, n_experts, expert_start,
              N, n_pairs, n_tokens, stride_out, offs_n, HAS_RESIDUAL: tl.constexpr, EXPERTS_PER_TOKEN: tl.constexpr,
              SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -189,7 +175,7 @@ def _mma_step(acc, k0, p_w, p_s, p_x, K, KQ, G, MASK_K: tl.constexpr, K_TAIL: tl
         packed = tl.load(p_w + offs_q[None, :], mask=(offs_q < KQ)[None, :], other=0)
         sc = tl.load(p_s + offs_g[None, :, None] * _ROWS, mask=(offs_g < G)[None, :, None], other=0)
         if K_TAIL:  # a half chunk at the end: its missing half is not in K
-            x = tl.load(p_x + offs_k[:, None], mask=(_true_k(offs_k) < K)[:, None], other=0.0)
+            x = tl.load(p_x + offs_k[:, None], mask=(true_k(offs_k) < K)[:, None], other=0.0)
         else:
             x = tl.load(p_x + offs_k[:, None], mask=(offs_k < K)[:, None], other=0.0)
     else:
@@ -279,7 +265,7 @@ def _moe_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, gathe
         lin = tl.minimum(tl.maximum(lin, -swiglu_limit), swiglu_limit)
         act = glu * tl.sigmoid(glu * SWIGLU_ALPHA) * (lin + 1.0)
         offs_o = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(p_out + _permuted_k(offs_o)[:, None], act.to(out_ptr.dtype.element_ty),
+        tl.store(p_out + permuted_k(offs_o)[:, None], act.to(out_ptr.dtype.element_ty),
                  mask=mask_m[None, :] & (offs_o < N // 2)[:, None])
     else:
         tl.store(p_out + offs_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])

@@ -90,3 +90,18 @@ def mxfp4_decode4(packed, factor, FAST: tl.constexpr, OUT_DTYPE: tl.constexpr):
         v0, v1 = _code(v, _MAG0, _SIGN0, factor, OUT_DTYPE), _code(v, _MAG1, _SIGN1, factor, OUT_DTYPE)
         v2, v3 = _code(v, _MAG2, _SIGN2, factor, OUT_DTYPE), _code(v, _MAG3, _SIGN3, factor, OUT_DTYPE)
     return v0, v1, v2, v3
+
+
+@triton.jit
+def permuted_k(k):
+    """Index k along K -> its position in the kernels' K order (mxfp4.permute_k): 16 q + 8 g + 4 b + j within
+    each chunk of 64 goes to 32 g + 8 j + 2 q + b."""
+    w = k % 64
+    return k - w + 32 * ((w // 8) % 2) + 8 * (w % 4) + 2 * (w // 16) + (w // 4) % 2
+
+
+@triton.jit
+def true_k(p):
+    """Position p of the kernels' K order -> the index along K it holds (the inverse of permuted_k)."""
+    w = p % 64
+    return p - w + 16 * ((w // 2) % 4) + 8 * (w // 32) + 4 * (w % 2) + (w // 8) % 4

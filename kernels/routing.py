@@ -37,7 +37,9 @@ from ._interpreter import interpreting, wrap_triton
 from .arrival import counters, last_to_arrive
 from .launch_plan import Traffic, tensor_bytes, traffic
 from .mxfp4 import KCHUNK
+from .mxfp4_unpack import permuted_k
 
+_KCHUNK = tl.constexpr(KCHUNK)
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 values exactly.
 DOT_DTYPE = tl.float32 if interpreting() else tl.bfloat16
 MAX_EXPERTS = 256
@@ -203,13 +205,6 @@ def _routing_place_kernel(indices_ptr, hist_ptr, offsets_ptr, gather_ptr, scatte
 
 
 @triton.jit
-def _permuted_k(k):
-    """Index k along K -> its position in the expert GEMMs' K order (mxfp4.permute_k)."""
-    w = k % 64
-    return k - w + 32 * ((w // 8) % 2) + 8 * (w % 4) + 2 * (w // 16) + (w // 4) % 2
-
-
-@triton.jit
 def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, part_ptr, indices_ptr, weights_ptr,
                            counts_ptr, offsets_ptr, gather_ptr, scatter_ptr, cnt_ptr, n_tokens, H, n_experts, eps,
                            stride_x, stride_t, h_split, K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
@@ -234,9 +229,9 @@ def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, pa
         x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
         scale = tl.load(scale_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         t = (x * rstd[:, None] * scale[None, :]).to(t_ptr.dtype.element_ty)  # the activation dtype, as rmsnorm
-        if pid_e == 0:
-            tl.store(t_ptr + offs_t.to(tl.int64)[:, None] * stride_t + _permuted_k(offs_h)[None, :], t,
-                     mask=mask_t[:, None] & mask_h[None, :])
+        if pid_e == 0:  # t's padding to whole K chunks too (x is 0 there): blocks of BLOCK_H end on a chunk
+            tl.store(t_ptr + offs_t.to(tl.int64)[:, None] * stride_t + permuted_k(offs_h)[None, :], t,
+                     mask=mask_t[:, None] & (offs_h < tl.cdiv(H, _KCHUNK) * _KCHUNK)[None, :])
         w = tl.load(w_ptr + offs_e[None, :] * H + offs_h[:, None], mask=mask_e[None, :] & mask_h[:, None], other=0.0)
         acc = tl.dot(t.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
     p_part = (pid_h * n_tokens + offs_t.to(tl.int64))[:, None] * n_experts + offs_e[None, :]
@@ -275,6 +270,15 @@ def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, pa
         base += tl.sum(onehot, 0)
 
 
+def _routing_outputs(T: int, E: int, K: int, dtype: torch.dtype, dev: torch.device) -> tuple:
+    """The RoutingData fields, allocated; the kernels write every element, except with no token: counts 0."""
+    new = torch.zeros if T == 0 else torch.empty  # no fill launched when the kernels write it all
+    return (torch.empty(T, E, dtype=dtype, device=dev), torch.empty(T, K, dtype=torch.int32, device=dev),
+            torch.empty(T, K, dtype=torch.float32, device=dev), new(E, dtype=torch.int32, device=dev),
+            new(E, dtype=torch.int32, device=dev), torch.empty(T * K, dtype=torch.int32, device=dev),
+            torch.empty(T * K, dtype=torch.int32, device=dev))
+
+
 def _check_routing_inputs(t, gate_weight, gate_bias, experts_per_token):
     if t.dim() != 2 or t.dtype != torch.bfloat16:
         raise ValueError(f"routing: t must be [tokens, hidden] bf16, got {list(t.shape)} {t.dtype}")
@@ -300,13 +304,7 @@ def _routing_op(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Ten
     _check_routing_inputs(t, gate_weight, gate_bias, experts_per_token)
     (T, H), E, K = t.shape, gate_weight.shape[0], experts_per_token
     dev = t.device
-    logits = torch.empty(T, E, dtype=t.dtype, device=dev)
-    indices = torch.empty(T, K, dtype=torch.int32, device=dev)
-    weights = torch.empty(T, K, dtype=torch.float32, device=dev)
-    counts = torch.zeros(E, dtype=torch.int32, device=dev)
-    offsets = torch.zeros(E, dtype=torch.int32, device=dev)
-    gather_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
-    scatter_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
+    logits, indices, weights, counts, offsets, gather_indx, scatter_indx = _routing_outputs(T, E, K, t.dtype, dev)
     if T == 0:
         return logits, indices, weights, counts, offsets, gather_indx, scatter_indx
     E_PAD, K_PAD = max(16, triton.next_power_of_2(E)), triton.next_power_of_2(K)
@@ -357,13 +355,7 @@ def _routing_decode_op(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, ga
                          f"{list(norm_scale.shape)} {norm_scale.dtype} on {norm_scale.device}")
     dev = x.device
     t = torch.empty(T, triton.cdiv(H, KCHUNK) * KCHUNK, dtype=x.dtype, device=dev)
-    logits = torch.empty(T, E, dtype=x.dtype, device=dev)
-    indices = torch.empty(T, K, dtype=torch.int32, device=dev)
-    weights = torch.empty(T, K, dtype=torch.float32, device=dev)
-    counts = torch.empty(E, dtype=torch.int32, device=dev)
-    offsets = torch.empty(E, dtype=torch.int32, device=dev)
-    gather_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
-    scatter_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
+    logits, indices, weights, counts, offsets, gather_indx, scatter_indx = _routing_outputs(T, E, K, x.dtype, dev)
     if T:
         block_t, block_e, block_h = 16, 16, 256 if interpreting() else 128  # 16: tl.dot's least tile
         programs = triton.cdiv(E, block_e) * triton.cdiv(T, block_t)
