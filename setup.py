@@ -2,6 +2,7 @@
 from setuptools import find_packages, setup
 
 SUBPACKAGES = ("kernels", "model", "loader")
+SERVE = ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.30", "h11>=0.14", "starlette>=0.27", "llguidance>=1.9"]
 
 setup(
     name="gpt-oss-triton",
@@ -15,9 +16,14 @@ setup(
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23", "openai>=1.0",
-                 "httpx>=0.24"],
-        "serve": ["fastapi>=0.100", "pydantic>=2", "uvicorn>=0.23"],
+        # the server imports h11 and starlette itself (its HTTP protocol, middleware), not only through uvicorn/FastAPI;
+        # llguidance is structured outputs' grammar engine (model/runtime/grammar.py)
+        "serve": SERVE,
+        # jsonschema checks structured outputs; prometheus-client parses /metrics; openai-agents drives the server;
+        # transformers (+ accelerate, its MXFP4 loading): an independent implementation our reference and our
+        # synthetic checkpoints are checked against (tests/test_bench_peers.py, tests/test_interop.py)
+        "test": ["pytest>=7", "pytest-benchmark>=4", *SERVE, "openai>=1.0", "httpx>=0.24", "prometheus-client>=0.17",
+                 "openai-agents>=0.2", "jsonschema>=4", "transformers>=4.56", "accelerate>=1.0"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-oss-triton=gpt_oss_triton.model.cli:main"]},

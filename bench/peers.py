@@ -48,10 +48,10 @@ def transformers_or_skip():
 
 
 def hf_config(config, transformers):
-    """transformers' GptOssConfig for our config: the checkpoint's config.json, less MXFP4 and token ids."""
+    """transformers' GptOssConfig for our config: the checkpoint's config.json, less MXFP4 and the dtype."""
     d = config.to_hf_dict()
-    # No MXFP4 (we hand over dequantized weights), no dtype (the caller picks), no token ids (past a small vocab)
-    for key in ("quantization_config", "torch_dtype", "pad_token_id", "eos_token_id"):
+    # No MXFP4 (we hand over dequantized weights), no dtype (the caller picks)
+    for key in ("quantization_config", "torch_dtype"):
         d.pop(key)
     return transformers.GptOssConfig(**d)
 

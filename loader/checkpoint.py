@@ -11,8 +11,10 @@ tensor data is read, so a bad checkpoint fails whole with the file and tensor at
 is returned half-loaded. MXFP4 blocks and scales stay packed uint8.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -20,6 +22,7 @@ from ..model.config import GptOssConfig
 from .names import expected_tensors, hf_names, is_mxfp4
 from .progress import Progress
 from .safetensors_io import CheckpointError, SafetensorsFile
+from .sharding import TensorSlice, read_slice
 
 HF, ORIGINAL = "hf", "original"
 INDEX = "model.safetensors.index.json"
@@ -32,6 +35,7 @@ class Checkpoint:
     layout: str
     path: Path
     tokenizer_path: Path | None
+    bytes_read: int = 0  # tensor bytes read from the files: the whole checkpoint, or this rank's slices
 
 
 def detect_layout(path: Path) -> tuple[str, Path]:
@@ -128,12 +132,15 @@ def _plan(config: GptOssConfig, layout: str, on_disk: dict[str, SafetensorsFile]
     return plan
 
 
-def load(path, *, device="cpu", dtype: torch.dtype | None = None, progress: bool | None = None) -> Checkpoint:
+def load(path, *, device="cpu", dtype: torch.dtype | None = None, progress: bool | None = None,
+         select: Callable[[GptOssConfig], dict[str, TensorSlice]] | None = None) -> Checkpoint:
     """Open, validate and load the checkpoint at `path` (a directory, either layout).
 
     Float tensors are cast to `dtype` (None: as stored); MXFP4 blocks/scales stay uint8. Each tensor is
     read from the memory map straight to `device`, one at a time, so host memory never holds a second
     copy of the weights (on the CPU with the stored dtype, tensors stay views of the mapped file).
+    `select(config)` -> {canonical name: TensorSlice} loads only those slices of the tensors it names (one
+    rank's share of a parallel model): every header is still checked whole, but no other byte is read.
     A progress bar shows on stderr for checkpoints of 1 GB or more (`progress` forces it on or off).
     """
     path = Path(path)
@@ -143,17 +150,23 @@ def load(path, *, device="cpu", dtype: torch.dtype | None = None, progress: bool
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     plan = _plan(config, layout, _open_files(layout, root))
-    total = sum(f.infos[n].end - f.infos[n].start for parts in plan.values() for f, n in parts)
-    bar = Progress(total, f"loading {path.name}", enabled=progress)
-    tensors = {}
+    slices = select(config) if select is not None else {}
+    expected = expected_tensors(config)
+
+    def nbytes(name):
+        shape, dtype_on_disk = expected[name]
+        sl = slices.get(name)
+        return 0 if sl is not None and sl.zeros else math.prod(sl.shape(shape) if sl else shape) * dtype_on_disk.itemsize
+
+    bar = Progress(sum(nbytes(name) for name in plan), f"loading {path.name}", enabled=progress)
+    tensors, read = {}, 0
     for name, parts in plan.items():
-        pieces = []
-        for f, disk_name in parts:
-            t = f.get(disk_name)
-            bar.advance(t.numel() * t.element_size())
-            pieces.append(t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None))
-        tensors[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        t, n = read_slice([f.get(disk_name) for f, disk_name in parts], slices.get(name), expected[name][0],
+                          device=device, dtype=dtype)
+        tensors[name] = t
+        read += n
+        bar.advance(n)
     # The released repos keep tokenizer.json beside config.json, and above original/.
     candidates = [root / "tokenizer.json"] + ([root.parent / "tokenizer.json"] if root != path else [])
     tok = next((p for p in candidates if p.is_file()), None)
-    return Checkpoint(config, tensors, layout, path, tok)
+    return Checkpoint(config, tensors, layout, path, tok, read)

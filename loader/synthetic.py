@@ -9,6 +9,9 @@ swiglu clamp now and then.
 """
 import json
 import math
+import os
+import secrets
+import shutil
 import zlib
 from pathlib import Path
 
@@ -57,15 +60,41 @@ def synthetic_tensor(config: GptOssConfig, name: str, seed: int, device="cpu") -
     return normal((0.5 if leaf in ("attn.out.weight",) else 1.0) / math.sqrt(fan_in))
 
 
-def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 0,
-                    shard_bytes: int = 5 << 30, progress: bool | None = None) -> Path:
-    """Write a synthetic checkpoint of `config` to directory `out` in `layout` ('hf' or 'original')."""
+def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 0, shard_bytes: int = 5 << 30,
+                    progress: bool | None = None, tokenizer=None) -> Path:
+    """Write a synthetic checkpoint of `config` to directory `out` in `layout` ('hf' or 'original'), with
+    `tokenizer` (a tokenizer.json path to copy, or a Tokenizer to save; None: none) beside the weights.
+
+    `out` must not exist (or be an empty directory). Everything is written to a directory beside it and
+    renamed into place at the end, so `out` holds a whole checkpoint or nothing, whatever interrupts."""
     if layout not in (HF, ORIGINAL):
         raise ValueError(f"layout must be {HF!r} or {ORIGINAL!r}, got {layout!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists: pick a new directory, or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    partial.mkdir()
+    try:
+        _write(partial, config, layout, seed, shard_bytes, Progress(_nbytes(config), f"writing {out.name}", progress))
+        if isinstance(tokenizer, (str, Path)):
+            shutil.copyfile(tokenizer, partial / "tokenizer.json")
+        elif tokenizer is not None:
+            tokenizer.save(partial / "tokenizer.json")
+        partial.replace(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _nbytes(config: GptOssConfig) -> int:
+    return sum(math.prod(s) * d.itemsize for s, d in expected_tensors(config).values())
+
+
+def _write(out: Path, config: GptOssConfig, layout: str, seed: int, shard_bytes: int, bar: Progress) -> None:
+    """The checkpoint's files into directory `out`."""
     expected = expected_tensors(config)
-    bar = Progress(sum(math.prod(s) * d.itemsize for s, d in expected.values()), f"writing {out.name}", progress)
 
     def make(name):
         t = synthetic_tensor(config, name, seed)
@@ -75,7 +104,7 @@ def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 
     if layout == ORIGINAL:
         (out / "config.json").write_text(json.dumps(config.to_original_dict(), indent=2) + "\n")
         write_safetensors(out / "model.safetensors", [(n, d, s) for n, (s, d) in expected.items()], make)
-        return out
+        return
 
     # Hugging Face: q/k/v are row slices of the fused qkv; shards of at most shard_bytes.
     entries, source = [], {}
@@ -112,4 +141,3 @@ def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 
         total = sum(math.prod(s) * d.itemsize for _, d, s in entries)
         (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-    return out

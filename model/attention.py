@@ -83,21 +83,23 @@ class TritonAttentionBlock(AttentionBlock):
                           k_cache, v_cache, lengths)
             # After attention: the chunk's keys may overwrite ring slots its own queries still read.
             kv_cache_write(k, v, k_cache, v_cache, cu_seqlens, lengths, max_seqlen)
-        return x + self.out(o.view(x.shape[0], -1))
+        return self.parallel.add_reduce(x, self.out(o.view(x.shape[0], -1)))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TritonKVCache,
-               slots: torch.Tensor, active: torch.Tensor, residual: bool = True) -> torch.Tensor:
+               slots: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """x [M, H]: row i is the new token of cache row slots[i] [M] int32, at position cache.lengths[slots[i]]
-        -> x + out(attention) [M, H]; its k, v enter the cache where active[i] [M] int32 is nonzero.
-        residual=False leaves out the residual and the out bias (a tensor-parallel rank other than the first)."""
+        -> x + out(attention) [M, H]; its k, v enter the cache where active[i] [M] int32 is nonzero. On a
+        tensor-parallel rank other than the first the projection leaves out the residual and the out bias (rank 0
+        adds them), and the ranks' shares are summed."""
+        residual = self.parallel.residual(x) is not None
         M = x.shape[0]
         k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
         q = decode_qkv(x, self.qkv.weight, self.qkv.bias, self.norm.scale, self.norm.eps, cos, sin, k_cache,
                        v_cache, cache.lengths, slots, active)
         o = decode_attention(q, k_cache, v_cache, self.sinks, cache.lengths, self.sm_scale, self.sliding_window,
                              slots=slots)
-        return linear(o.view(M, -1), self.out.weight, self.out.bias if residual else None,
-                      x if residual else None)
+        return self.parallel.all_reduce_(linear(o.view(M, -1), self.out.weight, self.out.bias if residual else None,
+                                                x if residual else None))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: TritonKVCache | None = None) -> torch.Tensor:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .config import PRESETS
+
 DEFAULT_MODEL = "tiny"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -18,6 +20,20 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def _non_negative_float(s: str) -> float:
+    v = float(s)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def _at_least_2(s: str) -> int:
     v = int(s)
     if v < 2:
@@ -25,23 +41,55 @@ def _at_least_2(s: str) -> int:
     return v
 
 
+def _sampling_field(field: str, convert):
+    """An argparse type for SamplingParams' `field`, checked as SamplingParams checks it, so that a bad value
+    fails naming its flag."""
+    def parse(text: str):
+        from .runtime.sampling import SamplingParams
+
+        value = convert(text)  # not a number: argparse's own "invalid int value"
+        try:
+            SamplingParams(**{field: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None, an unset flag): there the help says
+    what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint directory (Hugging Face or original layout) or a preset: tiny, gpt-oss-20b, "
-                        "gpt-oss-120b (seeded random weights). Default: the embedded tiny model")
+                   help="checkpoint directory (Hugging Face or original layout) or a preset: "
+                        f"{', '.join(PRESETS)} (seeded random weights). Default: the embedded tiny model")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the checkpoint's own")
     p.add_argument("--backend", choices=("torch", "triton"), default=None,
                    help="default: triton on a GPU, the torch reference on the CPU")
-    p.add_argument("--device", default=None, help="default: cuda when there is a GPU, else cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N. Default: cuda when there is a GPU, else cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="weights and activations")
+    p.add_argument("--tensor-parallel", type=_positive_int, default=None, metavar="N",
+                   help="split the model over N GPUs (N processes: torchrun --nproc-per-node N gpt-oss-triton ...); "
+                        "default: torchrun's WORLD_SIZE, else 1")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0: off")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens, help="tokens to generate at most")
+    p.add_argument("--temperature", type=_sampling_field("temperature", float), default=1.0, help="0 is greedy")
+    p.add_argument("--top-p", type=_sampling_field("top_p", float), default=1.0,
+                   help="keep the most likely tokens until they hold this much probability (1: off)")
+    p.add_argument("--top-k", type=_sampling_field("top_k", int), default=0,
+                   help="keep the k most likely tokens (0: off)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed. Default: a fresh one each run")
 
 
 def _sampling(args):
@@ -57,8 +105,9 @@ def _sampling(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-oss-triton", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, formatter_class=_HelpFormatter, **kw)  # noqa: E731
 
-    g = sub.add_parser("generate", help="generate text from a prompt, streaming it to stdout")
+    g = add("generate", help="generate text from a prompt, streaming it to stdout")
     _add_model_args(g)
     g.add_argument("--prompt", required=True, help="the prompt text (with --chat: the user's message)")
     g.add_argument("--chat", action="store_true", help="render the prompt as a harmony chat; show reasoning and answer apart")
@@ -66,14 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system", default=None, help="with --chat: developer instructions")
     _add_sampling_args(g, max_new_tokens=128)
 
-    c = sub.add_parser("chat", help="an interactive harmony chat: reasoning and answer shown apart")
+    c = add("chat", help="an interactive harmony chat: reasoning and answer shown apart")
     _add_model_args(c)
     _add_sampling_args(c, max_new_tokens=1024)
     c.add_argument("--reasoning", choices=("low", "medium", "high"), default="medium", help="harmony reasoning effort")
     c.add_argument("--system", default=None, help="developer instructions for the whole conversation")
     c.add_argument("--hide-reasoning", action="store_true", help="show the final answer only")
 
-    b = sub.add_parser("bench", help="prefill and decode tokens/s per batch size, against the bandwidth roof")
+    b = add("bench", help="prefill and decode tokens/s per batch size, against the bandwidth roof")
     _add_model_args(b)
     b.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 8, 64], help="batch sizes to run")
     b.add_argument("--prompt-len", type=_positive_int, default=1024, help="prompt tokens per sequence")
@@ -83,22 +132,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model the decode step from its compiled machine code instead (no GPU needed; --model: a "
                         "preset, default both real ones; --prompt-len: the context)")
 
-    s = sub.add_parser("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
+    s = add("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
     _add_model_args(s)
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 serves this machine only")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     s.add_argument("--model-name", default=None,
                    help="the model id clients send (default: the --model directory's name, or 'tiny')")
     s.add_argument("--max-batch", type=_positive_int, default=8, help="requests decoded together")
     s.add_argument("--max-len", type=_positive_int, default=4096, help="tokens per request, prompt included")
     s.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="largest request body accepted")
+    s.add_argument("--max-queue", type=_positive_int, default=256,
+                   help="requests that may wait for a slot; more get a 429 with Retry-After")
+    s.add_argument("--default-max-tokens", type=_positive_int, default=4096,
+                   help="a chat reply's token limit (reasoning included) when the request sets none")
+    s.add_argument("--read-timeout", type=_positive_float, default=30.0,
+                   help="seconds a client has to send a request's headers, and then its body")
+    s.add_argument("--shutdown-timeout", type=_non_negative_float, default=30.0,
+                   help="on SIGTERM or SIGINT, seconds the requests in flight have to finish before they are "
+                        "ended with an error (a second signal ends them at once)")
+    s.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
+                   help="Host header names to answer besides loopback names, IP addresses and --host (a check "
+                        "against DNS rebinding); '*' answers any")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. http://localhost:3000) whose pages may call the API; repeatable. "
+                        "Default: none")
+    s.add_argument("--docs", action="store_true",
+                   help="serve /docs, /redoc and /openapi.json (behind --api-key when it is set)")
 
-    m = sub.add_parser("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
-    m.add_argument("out", type=Path)
-    m.add_argument("--preset", default="tiny", choices=("tiny", "gpt-oss-20b", "gpt-oss-120b"))
-    m.add_argument("--layout", default="hf", choices=("hf", "original"))
-    m.add_argument("--seed", type=int, default=0)
+    m = add("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
+    m.add_argument("out", type=Path, help="directory to create (it must not exist, or be empty); written whole or "
+                                          "not at all")
+    m.add_argument("--preset", default="tiny", choices=list(PRESETS), help="the model's shapes")
+    m.add_argument("--layout", default="hf", choices=("hf", "original"),
+                   help="Hugging Face (config.json + model*.safetensors) or the original one")
+    m.add_argument("--seed", type=int, default=0, help="seed of the random weights (seed 0 of tiny is the "
+                                                       "embedded default model)")
     m.add_argument("--shard-size", type=float, default=5.0, help="Hugging Face layout: GB per shard")
     m.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer.json to copy beside the weights (default: the built-in byte-level one)")
@@ -107,21 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args, need_tokenizer: bool = True):
     from . import GptOss, Tokenizer
+    from .gpt_oss import OptionError
 
     name = args.model or DEFAULT_MODEL
-    if args.model is None:
+    if args.model is None and not getattr(args, "follower", False):
         print(f"gpt-oss-triton: no --model given: using the embedded '{DEFAULT_MODEL}' model with seeded random "
               "weights, so the text is gibberish. Pass --model DIR for real weights.", file=sys.stderr)
     try:
-        model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device)
+        model = GptOss.from_pretrained(name, backend=args.backend, dtype=DTYPES[args.dtype], device=args.device,
+                                       tensor_parallel=args.tensor_parallel or 1)
         tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else model.tokenizer
-    except (ValueError, FileNotFoundError) as e:  # bad checkpoint, tokenizer or backend: the message names it
+    except OptionError as e:  # a device or backend that cannot work here: named as its flag
+        raise SystemExit(f"gpt-oss-triton: {e.cli()}") from None
+    except (ValueError, FileNotFoundError) as e:  # bad checkpoint or tokenizer: the message names it
         raise SystemExit(f"gpt-oss-triton: {e}") from None
     if tokenizer is None and need_tokenizer:
         raise SystemExit(f"gpt-oss-triton: {name} has no tokenizer.json; pass --tokenizer FILE")
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit(f"gpt-oss-triton: the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
                          f"only {model.config.vocab_size}")
+    if hasattr(args, "lead"):  # rank 0 of a tensor-parallel run: its steps run on every rank
+        model = args.lead(model)
     return model, tokenizer
 
 
@@ -131,6 +206,9 @@ def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
     for ch, text in stream:
         if hide_reasoning and ch == "analysis":
             continue
+        if isinstance(text, dict):  # a tool call (the CLI offers none, but a model may write one): as text
+            function = text["function"]
+            text = f"{function['name']} " if "name" in function else function["arguments"]
         if ch != channel:
             out.write(f"{'' if channel is None else chr(10)}[{ch or 'message'}] ")
             channel = ch
@@ -247,7 +325,7 @@ def cmd_bench(args) -> int:
         except ValueError as e:
             raise SystemExit(f"gpt-oss-triton: {e}") from None
         budget = memory_budget(model.config, batch, args.prompt_len + args.new_tokens,
-                               act_bytes=model.dtype.itemsize).total
+                               act_bytes=model.dtype.itemsize, tensor_parallel=model.tensor_parallel).total
         rows.append(r.as_dict() | {"budget_bytes": budget})
         peak = f"{r.peak_memory_bytes / 1e9:.2f}" if r.peak_memory_bytes is not None else "-"
         print(f"{batch} | {r.prefill_tokens_per_s:.0f} | {r.prefill_s:.3f} | {r.decode_tokens_per_s:.1f} | "
@@ -262,45 +340,64 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the extra's own name, even when `serving` was imported before)
 
+        from .server import serving
         from .server.app import create_app
     except ImportError as e:
         raise SystemExit(f"gpt-oss-triton: serve needs the 'serve' extra ({e.name} is missing): "
-                         "pip install 'gpt-oss-triton[serve]'") from None
+                         'pip install -e ".[serve]" in the repository') from None
     model, tok = _load(args)
     name = args.model_name or (Path(args.model).name if args.model else DEFAULT_MODEL)
     try:
         app = create_app(model, tok, model_name=name, api_key=args.api_key, max_batch=args.max_batch,
-                         max_len=args.max_len, max_body_bytes=args.max_body_bytes)
+                         max_len=args.max_len, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                         default_max_tokens=args.default_max_tokens, read_timeout=args.read_timeout,
+                         allowed_hosts=[args.host, *args.allowed_hosts], cors_origins=args.cors_origin,
+                         docs=args.docs)
     except ValueError as e:
         raise SystemExit(f"gpt-oss-triton: {e}") from None
-    print(f"gpt-oss-triton: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port)
+    serving.run(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
+                read_timeout=args.read_timeout,
+                on_listening=lambda url: print(f"gpt-oss-triton: serving {name!r} on {url}/v1", file=sys.stderr,
+                                               flush=True))
     return 0
 
 
 def cmd_make_checkpoint(args) -> int:
-    import shutil
-
     from ..loader import make_checkpoint
-    from .config import GptOssConfig
+    from .tokenizer import Tokenizer
 
-    out = make_checkpoint(args.out, GptOssConfig.preset(args.preset), layout=args.layout, seed=args.seed,
-                          shard_bytes=int(args.shard_size * 1e9))
-    if args.tokenizer:
-        shutil.copyfile(args.tokenizer, out / "tokenizer.json")
-    else:
-        from .tokenizer import Tokenizer
-        Tokenizer.byte_level().save(out / "tokenizer.json")
+    if args.tokenizer and not args.tokenizer.is_file():
+        raise SystemExit(f"gpt-oss-triton: --tokenizer {args.tokenizer}: no such file")
+    try:
+        out = make_checkpoint(args.out, PRESETS[args.preset], layout=args.layout, seed=args.seed,
+                              shard_bytes=int(args.shard_size * 1e9), tokenizer=args.tokenizer or Tokenizer.byte_level())
+    except (ValueError, OSError) as e:  # the target exists, or the disk fills: nothing is left behind
+        raise SystemExit(f"gpt-oss-triton: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"gpt-oss-triton: interrupted; nothing written to {args.out}") from None
     print(f"wrote {args.preset} ({args.layout} layout, seed {args.seed}) to {out}", file=sys.stderr)
     return 0
+
+
+# What each command's engine asks of memory, (batch, context), checked on every rank of a parallel run first.
+_PARALLEL_NEEDS = {
+    "generate": lambda a: (1, a.max_new_tokens), "chat": lambda a: (1, a.max_new_tokens),
+    "serve": lambda a: (a.max_batch, a.max_len), "bench": lambda a: (max(a.batch), a.prompt_len + a.new_tokens),
+}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "serve": cmd_serve,
                 "make-checkpoint": cmd_make_checkpoint}
+    if args.command in _PARALLEL_NEEDS:
+        from .parallel import launch
+
+        args.tensor_parallel = launch.tensor_parallel(args.tensor_parallel)
+        if args.tensor_parallel > 1:  # rank 0 runs the command, the other ranks follow its steps
+            return launch.run(commands[args.command], args, _load, _PARALLEL_NEEDS[args.command])
     return commands[args.command](args)
 
 

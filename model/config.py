@@ -149,10 +149,15 @@ class GptOssConfig:
                              "original_max_position_embeddings": self.initial_context_length,
                              "truncate": self.rope_truncate},
             "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-            "eos_token_id": 200002, "pad_token_id": 199999,
+            # o200k_harmony's <|return|> and <|endoftext|>; null where a small vocabulary lacks them
+            "eos_token_id": _in_vocab(200002, self.vocab_size), "pad_token_id": _in_vocab(199999, self.vocab_size),
             "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
                 "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]},
         }
+
+
+def _in_vocab(token_id: int, vocab_size: int) -> int | None:
+    return token_id if token_id < vocab_size else None
 
 
 PRESETS = {

@@ -50,7 +50,8 @@ class RepackedMXFP4Weight(MXFP4Weight):
 
 class TritonMLPBlock(MLPBlock):
     """forward(x [..., H] bf16) -> x + moe(norm(x)): the norm, router and top-k, mlp1 and mlp2 with the combine and
-    the residual add; three launches at decode (kernels/moe.py)."""
+    the residual add; three launches at decode (kernels/moe.py). On an expert-parallel rank: its experts' share,
+    the residual on rank 0 only, then summed over ranks."""
 
     def __init__(self, config, dtype=torch.bfloat16, device=None):
         super().__init__(config, dtype, device)
@@ -64,5 +65,6 @@ class TritonMLPBlock(MLPBlock):
                       self.mlp1_weight.blocks, self.mlp1_weight.scales, self.mlp1_bias,
                       self.mlp2_weight.blocks, self.mlp2_weight.scales, self.mlp2_bias,
                       experts_per_token=self.experts_per_token, swiglu_limit=self.swiglu_limit,
-                      fast=self.mlp1_weight.fast_decode and self.mlp2_weight.fast_decode)
-        return y.view_as(x)
+                      fast=self.mlp1_weight.fast_decode and self.mlp2_weight.fast_decode,
+                      first_expert=self.first_expert, residual=self.parallel.residual(x2d) is not None)
+        return self.parallel.all_reduce_(y).view_as(x)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..kernels.reference import attention_ref, moe_ref, rmsnorm_ref, rope_cos_sin, rope_ref, yarn_inv_freq
 from .config import GptOssConfig
+from .parallel.group import SINGLE
 
 
 class RMSNorm(nn.Module):
@@ -66,6 +67,8 @@ class KVCache:
 
 
 class AttentionBlock(nn.Module):
+    parallel = SINGLE  # a tensor-parallel rank's heads: the out projection's partial sums are all-reduced
+
     def __init__(self, config: GptOssConfig, layer: int, dtype=torch.bfloat16, device=None):
         super().__init__()
         self.layer = layer
@@ -93,10 +96,13 @@ class AttentionBlock(nn.Module):
             cache.v[self.layer][:, start:start + T] = v
             k, v = cache.k[self.layer][:, :start + T], cache.v[self.layer][:, :start + T]
         o = attention_ref(q, k, v, self.sinks, sm_scale=self.sm_scale, sliding_window=self.sliding_window, q_start=start)
-        return x + self.out(o.reshape(B, T, -1))
+        return self.parallel.add_reduce(x, self.out(o.reshape(B, T, -1)))
 
 
 class MLPBlock(nn.Module):
+    parallel = SINGLE  # an expert-parallel rank's experts: the combine is all-reduced
+    first_expert = 0  # the router's index of this module's first expert
+
     def __init__(self, config: GptOssConfig, dtype=torch.bfloat16, device=None):
         super().__init__()
         E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
@@ -112,8 +118,9 @@ class MLPBlock(nn.Module):
         t = self.norm(x).flatten(0, -2)
         y = moe_ref(t, self.gate.weight, self.gate.bias, self.mlp1_weight.blocks, self.mlp1_weight.scales,
                     self.mlp1_bias, self.mlp2_weight.blocks, self.mlp2_weight.scales, self.mlp2_bias,
-                    experts_per_token=self.experts_per_token, swiglu_limit=self.swiglu_limit)
-        return x + y.view_as(x)
+                    experts_per_token=self.experts_per_token, swiglu_limit=self.swiglu_limit,
+                    first_expert=self.first_expert)
+        return self.parallel.add_reduce(x, y.view_as(x))
 
 
 class TransformerBlock(nn.Module):
@@ -130,10 +137,12 @@ class Transformer(nn.Module):
     """The whole network: embedding -> blocks -> norm -> unembedding. forward(tokens [B, T]) -> logits [B, T, V]."""
 
     block_class = TransformerBlock
+    parallel = SINGLE
 
     def __init__(self, config: GptOssConfig, dtype=torch.bfloat16, device=None):
         super().__init__()
         self.config = config
+        self.cache_config = config  # the heads this process holds (fewer on a tensor-parallel rank)
         self.dtype = dtype
         self.embedding = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         self.block = nn.ModuleList(self.block_class(config, i, dtype, device) for i in range(config.num_hidden_layers))
@@ -148,7 +157,7 @@ class Transformer(nn.Module):
         max_len = max_len or self.config.max_context
         if max_len > self.config.max_context:
             raise ValueError(f"cache length {max_len} exceeds the model's context {self.config.max_context}")
-        return KVCache(self.config, batch_size, max_len, self.dtype, self.embedding.weight.device)
+        return KVCache(self.cache_config, batch_size, max_len, self.dtype, self.embedding.weight.device)
 
     def check_forward(self, tokens: torch.Tensor, cache=None) -> int:
         """Validate a public forward's input; returns the position the tokens start at."""

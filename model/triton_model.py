@@ -14,7 +14,7 @@ from torch import nn
 
 from ..kernels.linear import linear
 from .attention import TritonAttentionBlock, TritonRMSNorm, prefill_positions, rope_table
-from .gpt_oss import GptOss
+from .gpt_oss import GptOss, OptionError
 from .kv_cache import TritonKVCache
 from .moe import TritonMLPBlock
 
@@ -36,8 +36,8 @@ class TritonGptOss(GptOss):
 
     def __init__(self, config, dtype=torch.bfloat16, device=None):
         if dtype != torch.bfloat16:
-            raise ValueError(f"the triton backend runs bf16 activations (its MoE kernels' contract), got {dtype}; "
-                             "use backend='torch' for fp32")
+            raise OptionError(f"{{backend=triton}} runs bf16 activations (its MoE kernels' contract), got {dtype}; "
+                              "use {backend=torch} for fp32")
         super().__init__(config, dtype, device)
         self.norm = TritonRMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
         self._rope = None
@@ -53,7 +53,7 @@ class TritonGptOss(GptOss):
         max_len = max_len or self.config.max_context
         if max_len > self.config.max_context:
             raise ValueError(f"cache length {max_len} exceeds the model's context {self.config.max_context}")
-        return TritonKVCache(self.config, batch_size, max_len, self.dtype, self.embedding.weight.device)
+        return TritonKVCache(self.cache_config, batch_size, max_len, self.dtype, self.embedding.weight.device)
 
     def forward(self, tokens: torch.Tensor, cache: TritonKVCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; with a cache, every row continues at its (common) length."""
@@ -84,8 +84,8 @@ class TritonGptOss(GptOss):
         x = self.embedding(tokens)
         for block in self.block:
             x = block.mlp(block.attn.decode(x, cos, sin, cache, slots, active))
-        logits = linear(x, self.unembedding.weight, norm_scale=self.norm.scale, eps=self.norm.eps,
-                        out_dtype=torch.float32)
+        logits = self.parallel.all_gather_last(linear(x, self.unembedding.weight, norm_scale=self.norm.scale,
+                                                      eps=self.norm.eps, out_dtype=torch.float32))
         cache.lengths.index_add_(0, slots, active)
         return logits
 

@@ -2,12 +2,14 @@
 import io
 import json
 import re
+import argparse
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from gpt_oss_triton.model.cli import main
+from gpt_oss_triton.model.cli import build_parser, main
 
 
 def test_generate_on_the_embedded_default(capsys):
@@ -25,6 +27,7 @@ def test_make_checkpoint_then_generate_from_it(tmp_path, capsys):
     for layout in ("hf", "original"):
         assert main(["make-checkpoint", str(tmp_path / layout), "--layout", layout, "--seed", "0"]) == 0
         assert (tmp_path / layout / "tokenizer.json").is_file()  # the built-in byte-level one
+        assert not list(tmp_path.glob(".*"))  # no working directory left beside it
         capsys.readouterr()
         assert main(["generate", "--model", str(tmp_path / layout), "--prompt", "abc", "--max-new-tokens", "6",
                      "--temperature", "0"]) == 0
@@ -53,11 +56,83 @@ def test_chat_mode(capsys):
 
 
 def test_bad_arguments_exit_with_a_message(capsys):
-    with pytest.raises(SystemExit, match="top_p must be in"):
-        main(["generate", "--prompt", "x", "--top-p", "1.5"])
-    with pytest.raises(SystemExit):
-        main(["generate", "--prompt", "x", "--max-new-tokens", "0"])
-    assert "must be >= 1" in capsys.readouterr().err
+    """A bad sampling value fails as argparse fails, naming the flag (SamplingParams' own check)."""
+    for flag, value, message in (("--top-p", "1.5", "top_p must be in (0, 1], got 1.5"),
+                                 ("--temperature", "-1", "temperature must be in [0, 100]"),
+                                 ("--top-k", "-2", "top_k must be an integer >= 0"),
+                                 ("--max-new-tokens", "0", "must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(["generate", "--prompt", "x", flag, value])
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_help_shows_every_argument_and_its_default():
+    """Guards --help: every argument of every command has a help text, and the defaults are shown (none where
+    the default is None: the help text says what happens)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name}: {'/'.join(action.option_strings) or action.dest} has no help"
+    text = commands["generate"].format_help()
+    assert "(default: 128)" in text and "(default: bfloat16)" in text and "(default: None)" not in text
+    assert "(default: tiny)" in commands["make-checkpoint"].format_help()
+
+
+def test_unusable_device_or_backend_is_one_line_naming_the_flag(monkeypatch):
+    """--device cuda on a torch without CUDA, a device torch does not know, the triton backend on the CPU
+    outside the interpreter or in fp32: one line each, naming the flags (not backend='torch')."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the triton backend on the CPU, as in the tests without a GPU
+    cases = [(["--device", "cuda"], r"--device cuda is not available: .*; use --device cpu$"),
+             (["--device", "tpu7"], r"--device tpu7 is not a device torch knows \(cpu, cuda, cuda:N\)$"),
+             (["--backend", "triton", "--dtype", "float32"],
+              r"--backend triton runs bf16 activations .*, got torch.float32; use --backend torch for fp32$")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit, match="^gpt-oss-triton: " + message):
+            main(["generate", "--prompt", "x", *flags])
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(SystemExit, match=r"^gpt-oss-triton: --backend triton on the CPU runs only in Triton's "
+                                         r"interpreter: .* or use --backend torch$"):
+        main(["generate", "--prompt", "x", "--backend", "triton"])
+
+
+def test_unknown_model_lists_the_presets():
+    with pytest.raises(SystemExit, match=r"^gpt-oss-triton: gpt-oss-7b: no such directory, and not a preset "
+                                         r"\(gpt-oss-20b, gpt-oss-120b, tiny\)$"):
+        main(["generate", "--model", "gpt-oss-7b", "--prompt", "x"])
+
+
+def test_make_checkpoint_writes_all_or_nothing(tmp_path, monkeypatch):
+    """Guards make-checkpoint against half-written directories: a failure while writing (a full disk, Ctrl-C),
+    a missing --tokenizer and an existing target each end in one line, with nothing left beside the target."""
+    from gpt_oss_triton.loader import synthetic
+
+    target = tmp_path / "ckpt"
+    written = synthetic.write_safetensors
+
+    def fail_after_writing(error):
+        def write(path, *args):
+            written(path, *args)
+            raise error
+        return write
+
+    for error, message in ((OSError(28, "No space left on device"), "No space left on device"),
+                           (KeyboardInterrupt(), f"interrupted; nothing written to {target}")):
+        monkeypatch.setattr(synthetic, "write_safetensors", fail_after_writing(error))
+        with pytest.raises(SystemExit, match=message):
+            main(["make-checkpoint", str(target)])
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"--tokenizer .*nope.json: no such file"):
+        main(["make-checkpoint", str(target), "--tokenizer", str(tmp_path / "nope.json")])
+    assert list(tmp_path.iterdir()) == []
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit, match=f"{target} already exists"):
+        main(["make-checkpoint", str(target)])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"] and [p.name for p in target.iterdir()] == ["mine.txt"]
 
 
 def test_console_script_is_installed():

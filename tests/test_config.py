@@ -47,6 +47,16 @@ def test_config_round_trips_through_both_layouts(preset):
     assert GptOssConfig.from_dict(c.to_original_dict()) == c
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_hf_config_token_ids_are_in_the_vocabulary(preset):
+    """The released ids (eos <|return|> 200002, pad <|endoftext|> 199999) where the vocabulary holds them, null
+    where a small one does not: other implementations reject a pad id past the embedding."""
+    c = PRESETS[preset]
+    d = c.to_hf_dict()
+    expected = (200002, 199999) if c.vocab_size > 200002 else (None, None)
+    assert (d["eos_token_id"], d["pad_token_id"]) == expected
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(num_attention_heads=6, num_key_value_heads=4), "not a multiple of num_key_value_heads"),
     (dict(hidden_size=100), "multiples of the MXFP4 block"),

@@ -8,6 +8,7 @@ from gpt_oss_triton.model import GptOss
 from gpt_oss_triton.model.runtime.decode_graph import DecodeGraph, buckets
 from gpt_oss_triton.model.runtime.engine import Engine
 from gpt_oss_triton.model.runtime.sampling import SamplingParams, SlotSampler
+from scripted_model import Forced
 
 torch.set_grad_enabled(False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,6 +128,16 @@ def test_rows_join_and_leave_the_decode_buffers(model, monkeypatch, sampled):
     assert with_graph == without and [len(t) for t in with_graph] == [2, 5, 2]
     assert steps == 5
     assert 2 in rows_per_step and 1 in rows_per_step and max(rows_per_step) == 2
+
+
+def test_a_constrained_request_is_never_decoded_ahead(model):
+    """Its mask needs the token before, so a lookahead step would sample it unmasked: forced ids the model
+    would not pick must come out exactly with the DecodeGraph and the lookahead on."""
+    engine = Engine(model, max_batch=1, max_len=12, lookahead=True)
+    forced = Forced([3, 1, 4], model.config.vocab_size)
+    req = engine.submit([1, 2, 3], SamplingParams(max_new_tokens=4, temperature=0.0), constraint=forced)
+    engine.run()
+    assert req.tokens[:3] == [3, 1, 4] and forced.seen == req.tokens
 
 
 @pytest.mark.gpu

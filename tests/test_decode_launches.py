@@ -18,7 +18,7 @@ from gpt_oss_triton.model.triton_model import TritonGptOss
 
 ATTENTION_LAUNCHES = 3
 LAYER_LAUNCHES = 8
-OUTSIDE_LAUNCHES = 12  # embedding, unembedding (+ final norm), lengths advance; tokens gather, sampler (6), write-back
+OUTSIDE_LAUNCHES = 14  # embedding, unembedding (+ final norm), lengths advance; tokens gather, sampler (8), write-back
 
 
 def _kernels(launches) -> int:

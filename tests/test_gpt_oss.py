@@ -6,6 +6,7 @@ import torch
 
 from gpt_oss_triton.loader import make_checkpoint
 from gpt_oss_triton.model import PRESETS, GptOss, Tokenizer
+from gpt_oss_triton.model.gpt_oss import OptionError
 
 
 def test_preset_has_byte_tokenizer_and_reference_backend_on_cpu():
@@ -38,7 +39,19 @@ def test_checkpoint_tokenizer_is_loaded(tmp_path, o200k_path):
 
 
 def test_unknown_backend_and_preset(tmp_path):
-    with pytest.raises(ValueError, match="backend 'cuda-magic' is not available"):
+    with pytest.raises(ValueError, match="backend='cuda-magic' is not available"):
         GptOss.from_pretrained("tiny", backend="cuda-magic", device="cpu")
-    with pytest.raises(ValueError, match="no such directory"):
+    with pytest.raises(ValueError, match=r"gpt-oss-7b: no such directory, and not a preset \(gpt-oss-20b, gpt-oss-120b, "
+                                         r"tiny\)"):
         GptOss.from_pretrained(tmp_path / "gpt-oss-7b")
+
+
+def test_unusable_device_is_named(monkeypatch):
+    """A device this torch cannot use fails before anything loads, naming it (Python's words here; the CLI's
+    flags through OptionError.cli, tested in test_cli.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(OptionError, match=r"^device='cuda' is not available: .*; use device='cpu'$"):
+        GptOss.from_pretrained("tiny", device="cuda")
+    with pytest.raises(OptionError, match=r"^device='cuda:1' is not available"):
+        GptOss.from_pretrained("tiny", device=torch.device("cuda", 1))

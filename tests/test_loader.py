@@ -1,5 +1,6 @@
 """The loader on both layouts, through the synthetic writer, and every bad-input case with its message."""
 import json
+import re
 import shutil
 import struct
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from gpt_oss_triton.loader import CheckpointError, SafetensorsFile, expected_tensors, load, make_checkpoint
-from gpt_oss_triton.model import PRESETS
+from gpt_oss_triton.loader import CheckpointError, SafetensorsFile, expected_tensors, hf_names, load, make_checkpoint
+from gpt_oss_triton.model import PRESETS, GptOss
 
 CONFIG = PRESETS["tiny"]
 
@@ -124,6 +125,38 @@ def test_wrong_shape(ckpts, tmp_path):
     _rewrite(d / "model.safetensors", lambda t: t.update({"model.layers.1.self_attn.k_proj.bias": torch.zeros(3)}))
     with pytest.raises(CheckpointError, match=r"'model.layers.1.self_attn.k_proj.bias' has shape \[3\], expected \[128\]"):
         load(d)
+
+
+def _kinds(layout):
+    """Every tensor kind of a checkpoint in `layout`, by its name on disk: layer 1's and the global ones."""
+    names = [n for parts in hf_names(CONFIG).values() for n, _ in parts] if layout == "hf" else list(expected_tensors(CONFIG))
+    return [n for n in names if re.search(r"(block|layers)\.1\.", n) or not re.search(r"\.\d+\.", n)]
+
+
+def _reshaped(data: bytes, name: str) -> tuple[bytes, list, list]:
+    """The safetensors file `data` with tensor `name` given a wrong shape of the same size (its last dim split
+    in two): the byte offsets stay valid, so only a shape check can tell. -> (file, old shape, new shape)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    old = header[name]["shape"]
+    new = old[:-1] + [old[-1] // 2, 2]
+    header[name]["shape"] = new
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + data[8 + n:], old, new
+
+
+@pytest.mark.parametrize("layout,name", [(lay, n) for lay in ("hf", "original") for n in _kinds(lay)])
+def test_wrong_shape_of_every_tensor_kind(ckpts, tmp_path, layout, name):
+    """Guards the shape check of every tensor kind (sinks, norms, biases, MXFP4 blocks and scales, ...): a
+    tensor of the right size but the wrong shape fails in the loader, naming the file and the tensor, before
+    from_pretrained hands anything to load_state_dict (whose error names neither)."""
+    src = ckpts[layout]
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    data, old, new = _reshaped((src / "model.safetensors").read_bytes(), name)
+    (tmp_path / "model.safetensors").write_bytes(data)
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{re.escape(name)}' has shape "
+                                              rf"{re.escape(str(new))}, expected {re.escape(str(old))}"):
+        GptOss.from_pretrained(tmp_path, device="cpu", backend="torch")
 
 
 def test_wrong_dtype(ckpts, tmp_path):

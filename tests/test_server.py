@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -17,6 +18,7 @@ import uvicorn
 
 from gpt_oss_triton.model import GptOss, harmony
 from gpt_oss_triton.model.server.app import create_app
+from scripted_model import ScriptedModel
 
 TIMEOUT = 60  # seconds, for any one request or wait: generous, as the CPU is shared
 MAX_LEN = 320  # the chat prompt (the harmony system message) is ~225 tokens of the byte-level tokenizer
@@ -122,38 +124,9 @@ def test_streams_join_up_to_the_non_streamed_reply(client):
     assert "".join(c.choices[0].text for c in pieces) == text.choices[0].text != ""
 
 
-class ScriptedModel:
-    """Stands in for GptOss in the engine: every reply is `script`, whatever the prompt (greedy decoding)."""
-
-    def __init__(self, script: list[int], vocab_size: int):
-        self.script = script
-        self.config = SimpleNamespace(vocab_size=vocab_size, max_context=4096)
-        self.embedding = SimpleNamespace(weight=torch.zeros(1))
-
-    def new_cache(self, batch: int, max_len: int):
-        return _Replies(batch)
-
-    def forward_packed(self, tokens, n_new, cache):
-        # The prompt fits one prefill chunk, so a request's k-th forward samples its k-th reply token.
-        logits = torch.zeros(len(n_new), self.config.vocab_size)
-        for b, n in enumerate(n_new):
-            if n:
-                logits[b, self.script[min(cache.made[b], len(self.script) - 1)]] = 1.0
-                cache.made[b] += 1
-        return logits
-
-
-class _Replies:
-    def __init__(self, batch: int):
-        self.made = [0] * batch
-
-    def reset(self, slot: int) -> None:
-        self.made[slot] = 0
-
-
 def test_reasoning_is_returned_apart_from_the_answer(model):
     tok = model.tokenizer
-    scripted = ScriptedModel(tok.encode(SCRIPT), model.config.vocab_size)
+    scripted = ScriptedModel.from_text(tok, lambda context: SCRIPT)
     with serving(create_app(scripted, tok, model_name="scripted", max_batch=2, max_len=512)) as base, \
             openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=TIMEOUT) as c:
         kw = dict(model="scripted", messages=[{"role": "user", "content": "Hi"}], temperature=0)
@@ -187,12 +160,13 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, client):
     def post(body):
         return httpx.post(chat, json=body, timeout=TIMEOUT)
 
-    _error(httpx.post(chat, content=b'{"model": "tiny", "messages": [', timeout=TIMEOUT), 400)
-    _error(httpx.post(chat, content=b"[1, 2]", timeout=TIMEOUT), 400)
+    json_type = {"Content-Type": "application/json"}
+    _error(httpx.post(chat, content=b'{"model": "tiny", "messages": [', headers=json_type, timeout=TIMEOUT), 400)
+    _error(httpx.post(chat, content=b"[1, 2]", headers=json_type, timeout=TIMEOUT), 400)
     _error(post({**ok, "model": "gpt-5"}), 404, "model", "model_not_found")
     _error(post({k: v for k, v in ok.items() if k != "messages"}), 400, "messages")
     _error(post({**ok, "messages": []}), 400, "messages")
-    assert "unknown role" in _error(post({**ok, "messages": [{"role": "tool", "content": "x"}]}), 400,
+    assert "unknown role" in _error(post({**ok, "messages": [{"role": "robot", "content": "x"}]}), 400,
                                     "messages")["message"]
     _error(post({**ok, "messages": [{"role": "user", "content": "x" * 200}]}), 400, "messages",
            "context_length_exceeded")
@@ -277,15 +251,18 @@ def test_api_key_is_required_when_set(model):
 
 def test_serve_command_binds_loopback_by_default(monkeypatch, model):
     from gpt_oss_triton.model import cli
+    from gpt_oss_triton.model.server import serving
 
-    calls = []
+    servers = []
     monkeypatch.setattr(cli, "_load", lambda args: (model, model.tokenizer))  # the loading is generate's, tested there
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serving.Server, "run", lambda self: servers.append(self))
+    monkeypatch.setattr(serving.gc, "freeze", lambda: None)  # not in the test process
     assert cli.main(["serve", "--max-batch", "2", "--max-len", "256"]) == 0
-    (app, kw), = calls
-    assert kw == {"host": "127.0.0.1", "port": 8000}
+    (server,), app = servers, servers[0].config.app
+    assert (server.config.host, server.config.port, server.shutdown_timeout) == ("127.0.0.1", 8000, 30.0)
     assert (app.state.worker.engine.max_len, len(app.state.worker.engine.slots)) == (256, 2)
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the `serve` extra were not installed
-    with pytest.raises(SystemExit, match=r"pip install 'gpt-oss-triton\[serve\]'"):
+    with pytest.raises(SystemExit, match=r'pip install -e "\.\[serve\]"'):
         cli.main(["serve"])
+    assert 'pip install -e ".[serve]"' in (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -122,3 +122,8 @@ def test_only_byte_level_tokenizers(tmp_path):
     word_level.save(str(path))
     with pytest.raises(ValueError, match=re.escape(f"cannot load tokenizer {path}: expected a byte-level")):
         Tokenizer.from_file(path)
+
+
+def test_max_token_bytes_is_the_longest_token(tokenizer):
+    # token_bytes of a special token is its text: the bound covers prompts that spell specials out.
+    assert tokenizer.max_token_bytes == max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size))

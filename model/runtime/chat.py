@@ -6,12 +6,20 @@
     for channel, text in stream_chat(model, messages): ...      # as the model writes it
     complete(model, "Once upon a time")  /  for text in stream_text(model, prompt): ...
 
+With `tools` (OpenAI function tools) the reply may end in tool calls, returned in OpenAI's shape, so an agent
+loop appends the reply and the tools' results to the conversation and asks again:
+
+    reply = chat(model, messages, tools=tools)
+        -> [..., {"role": "assistant", "content": None, "tool_calls": [{"id", "type": "function",
+                                                                        "function": {"name", "arguments"}}]}]
+    messages += reply + [{"role": "tool", "tool_call_id": call["id"], "content": result}, ...]
+
 The tokenizer is the model's own (`model.tokenizer`) unless one is passed. Every limit (context, sampling
 parameters, an empty prompt) is checked before any work starts.
 """
 from collections.abc import Iterator, Sequence
 
-from .. import harmony
+from .. import tool_calls
 from .generate import generate
 from .sampling import SamplingParams
 from ..tokenizer import StreamDecoder, Tokenizer
@@ -45,20 +53,27 @@ class TextStream:
 
 
 class ChatStream:
-    """Iterate for (channel, text) pieces as the model writes them; afterwards `messages` holds the reply as
-    harmony.parse gives it (reasoning on "analysis", the answer on "final") and `stats` its GenerationStats."""
+    """Iterate for (channel, text) pieces as the model writes them, and ("tool_calls", piece) for tool calls in
+    OpenAI's streamed shape (`{"index", "id", "type": "function", "function": {"name", "arguments": ""}}` when
+    a call starts, then `{"index", "function": {"arguments": text}}`); afterwards `messages` holds the reply
+    (harmony's messages: reasoning on "analysis", the answer on "final"; calls as an assistant message with
+    `tool_calls`), `finish_reason` is "stop", "length" or "tool_calls", and `stats` its GenerationStats."""
 
-    def __init__(self, tokenizer: Tokenizer, generation):
-        self._parser, self._generation = harmony.StreamParser(tokenizer), generation
+    def __init__(self, reply: tool_calls.ReplyAssembler, generation):
+        self._reply, self._generation = reply, generation
         self.stats = generation.stats
         self.messages: list[dict] = []
+        self.finish_reason: str | None = None
 
-    def __iter__(self) -> Iterator[tuple[str | None, str]]:
+    def __iter__(self) -> Iterator[tuple[str, str | dict]]:
+        yield from self._reply.prefix_pieces
         for token in self._generation:
-            text = self._parser.feed(token)
-            if text:
-                yield self._parser.channel, text
-        self.messages = self._parser.finish()
+            yield from self._reply.feed(token)
+            if self._reply.stopped:  # the reply ended with its calls: generation goes no further
+                break
+        self._reply.finish()
+        self.messages = self._reply.messages()
+        self.finish_reason = self._reply.finish_reason("length" if self.stats.stopped_by == "length" else "stop")
 
 
 def stream_text(model, prompt: str, params: SamplingParams = SamplingParams(), *,
@@ -75,16 +90,23 @@ def complete(model, prompt: str, params: SamplingParams = SamplingParams(), *,
 
 
 def stream_chat(model, messages: Sequence[dict], params: SamplingParams = SamplingParams(), *,
-                reasoning: str = "medium", date=None, tokenizer: Tokenizer | None = None) -> ChatStream:
+                reasoning: str = "medium", date=None, tools: Sequence[dict] | None = None, tool_choice="auto",
+                parallel_tool_calls: bool = False, tokenizer: Tokenizer | None = None) -> ChatStream:
     """The assistant's reply to `messages` (OpenAI-style dicts, see harmony.render), streamed; it ends at
-    `<|return|>` or `<|call|>` (a tool call) or at the token limit."""
+    `<|return|>`, at a tool call (after the last of them with `parallel_tool_calls`) or at the token limit.
+    `tools` and `tool_choice` ("auto", "none", "required" or {"type": "function", "function": {"name"}}) as
+    in OpenAI's Chat Completions; "required" and a named function force a call."""
     tok = _tokenizer(model, tokenizer)
-    prompt = harmony.render(tok, messages, reasoning=reasoning, date=date)
-    return ChatStream(tok, generate(model, prompt, params,
-                                    stop_tokens=harmony.stop_tokens_for_assistant_actions(tok)))
+    plan = tool_calls.plan_tools(tools, tool_choice)
+    prompt = plan.prompt(tok, messages, reasoning=reasoning, date=date)
+    parallel = parallel_tool_calls and bool(plan.tools)
+    reply = tool_calls.ReplyAssembler(tok, parallel_calls=parallel, prefix=plan.prefix_ids(tok))
+    return ChatStream(reply, generate(model, prompt, params, stop_tokens=tool_calls.stop_tokens(tok, parallel),
+                                      constraint=plan.constraint(tok)))
 
 
 def chat(model, messages: Sequence[dict], params: SamplingParams = SamplingParams(), **kw) -> list[dict]:
+    """The reply to `messages` as a list of messages (see ChatStream); takes stream_chat's keywords."""
     stream = stream_chat(model, messages, params, **kw)
     for _ in stream:
         pass

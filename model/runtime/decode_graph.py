@@ -17,7 +17,9 @@ Buffers that never move (the graphs read and write them; the host writes them on
   per bucket: slots [n] int32 (cache rows), active [n] int32 and int64 (1 real, 0 padding), dest [n] int64
               (where the row's token goes: its slot, or n_slots for padding).
 Graphs are keyed by (bucket, sampler plan): greedy, sampling and filtered sampling rows share one graph when
-they share a step (`SlotSampler.plan`). On a CPU (or with capture=False) the same step runs eagerly.
+they share a step (`SlotSampler.plan`). A step with a row whose draw needs the sampler's call (a constraint,
+logit bias, penalties, logprobs) runs with draw=False: the graph ends at the logits, and the caller draws and
+writes `tokens`. On a CPU (or with capture=False) the same step runs eagerly.
 """
 from dataclasses import dataclass
 
@@ -40,7 +42,8 @@ def buckets(max_batch: int) -> list[int]:
 
 
 class DecodeGraph:
-    def __init__(self, model, cache, sampler, capture: bool | None = None):
+    def __init__(self, model, cache, sampler=None, capture: bool | None = None):
+        """sampler: the engine's SlotSampler (None: every step runs with draw=False)."""
         device = cache.lengths.device
         self.model, self.cache, self.sampler = model, cache, sampler
         self.n_slots = cache.batch_size
@@ -56,23 +59,30 @@ class DecodeGraph:
     def bucket(self, n: int) -> int:
         return next(size for size in self.sizes if size >= n)
 
-    def __call__(self, slots: list[int]) -> torch.Tensor:
-        """One decode step of cache rows `slots` (each takes its token from `tokens`) and the draw of their next
-        tokens -> tokens [len(slots)] int64 on the device, also written to `tokens` at their slots; lengths of
-        those rows += 1."""
+    def __call__(self, slots: list[int], draw: bool = True) -> torch.Tensor:
+        """One decode step of cache rows `slots` (each takes its token from `tokens`); lengths of those rows += 1.
+        draw: with the draw of their next tokens -> tokens [len(slots)] int64 on the device, also written to
+        `tokens` at their slots; else -> their logits [len(slots), V] fp32."""
         if not slots or len(set(slots)) != len(slots) or not all(0 <= b < self.n_slots for b in slots):
             raise ValueError(f"DecodeGraph: slots must be distinct cache rows in [0, {self.n_slots}), got {slots}")
         n = len(slots)
         bucket = self._bucket_buffers(self.bucket(n), tuple(slots))
-        plan = self.sampler.plan(slots)
+        plan = self.sampler.plan(slots) if draw else None
+        if draw and plan is None:
+            raise ValueError("DecodeGraph: these rows' draw needs the sampler's call (logit bias, penalties or "
+                             "logprobs): run the step with draw=False")
         if not self.capture:
             return self._step(bucket, plan)[:n]
-        key = (len(bucket.slots), plan)
+        key = self._key(len(bucket.slots), plan)
         if key not in self._graphs:
             self._graphs[key] = self._record(bucket, plan)
         graph, out = self._graphs[key]
         graph.replay()
         return out[:n]
+
+    def _key(self, size: int, plan) -> tuple:
+        """The graph a step of `size` rows with this draw plan replays."""
+        return size, plan
 
     def _bucket_buffers(self, size: int, rows: tuple) -> _Bucket:
         """The bucket's buffers, rewritten (one host-to-device copy) when its rows differ from the last step's."""
@@ -108,6 +118,8 @@ class DecodeGraph:
     def _step(self, bucket: _Bucket, plan) -> torch.Tensor:
         tokens = self.tokens.index_select(0, bucket.slots)
         logits = self.model.decode_step(tokens, bucket.active, self.cache, bucket.slots)
+        if plan is None:
+            return logits
         nxt = self.sampler.draw(logits, bucket.slots, bucket.advance, plan)
         self.tokens.index_copy_(0, bucket.dest, nxt)
         return nxt

@@ -19,13 +19,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 
 from ..budget import check_fits, free_bytes
 from .decode_graph import DecodeGraph
-from .sampling import SamplingParams, SlotSampler
+from .sampling import Sampled, SamplingParams, SlotSampler, TokenLogprobs, fill_masks
 
 
 @dataclass
@@ -47,14 +47,34 @@ class _Launched:
     """A decode step queued on the device whose tokens the host has not read yet."""
 
     rows: list  # (slot, request) pairs, in the order of `tokens`
-    tokens: torch.Tensor  # on the host (pinned, filled by an async copy) or, off CUDA, the tokens themselves
+    tokens: Sampled  # on the host (pinned, filled by an async copy) or, off CUDA, the draws themselves
     done: "torch.cuda.Event | None"  # recorded after the copy
 
 
 def _needs_more(rows) -> bool:
-    """Whether a step after the one in flight can be of use: some request is not at its token limit by then
-    (the tokens of the step in flight are not in `req.tokens` yet)."""
-    return any(len(req.tokens) + 1 < req.params.max_new_tokens for _, req in rows)
+    """Whether a step after the one in flight can be of use and may run before its tokens are read: some
+    request is not at its token limit by then (the tokens of the step in flight are not in `req.tokens` yet),
+    and none has a constraint (its next mask needs those tokens)."""
+    return (any(len(req.tokens) + 1 < req.params.max_new_tokens for _, req in rows)
+            and all(req.constraint is None for _, req in rows))
+
+
+class TokenConstraint(Protocol):
+    """A request's rule on which token may come next (a forced tool-call name, a JSON grammar), one per request.
+
+    Before sampling each of the request's tokens the engine calls `allowed_tokens()`: a bool tensor [n] (on any
+    device) whose True entries are the ids that may come next (ids >= n may not; at least one must be True), or
+    None to leave this token free. The other logits of the request's row become -inf, so greedy and random
+    sampling, top-k and top-p all pick among the allowed ids. After sampling, `advance(token)` gets the token
+    chosen (a free one too) before the next `allowed_tokens()`. Both run on the engine's thread. A request with
+    a constraint is never decoded ahead (no lookahead step), as its next mask needs the token before. A class
+    may also offer a static `fill_masks(items, out)` that writes the masks of all its constrained rows at once,
+    as bits (sampling.fill_masks): grammars compute theirs in one parallel call.
+    """
+
+    def allowed_tokens(self) -> "torch.Tensor | None": ...
+
+    def advance(self, token: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -70,6 +90,8 @@ class Request:
     prefilled: int = 0
     cancelled: bool = False
     seed: int = 0  # with the count of tokens drawn, picks the sampling noise (see sampling.py)
+    constraint: TokenConstraint | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # one per token, when params.logprobs is set
 
     @property
     def finished(self) -> bool:
@@ -87,6 +109,9 @@ def check_request(config, max_len: int, prompt: list[int], params: SamplingParam
     bad = [t for t in prompt if not 0 <= t < config.vocab_size]
     if bad:
         raise ValueError(f"prompt holds token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
+    bad = [t for t, _ in params.logit_bias if t >= config.vocab_size]
+    if bad:
+        raise ValueError(f"logit_bias names token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
     if len(prompt) + params.max_new_tokens > max_len:
         what = "the model's context" if max_len == config.max_context else "the engine's max length"
         raise ValueError(f"prompt of {len(prompt)} tokens + max_new_tokens {params.max_new_tokens} exceeds "
@@ -97,10 +122,13 @@ class Engine:
     """cuda_graph: capture decode steps in a CUDA graph (None: when the model has `decode_step` and a GPU).
     lookahead: while the host reads back a decode step's tokens and streams them, the next decode step of
     the same requests already runs (None: on a GPU, where it hides the host's time per step; a request that
-    finished meanwhile just drops its extra token)."""
+    finished meanwhile just drops its extra token).
+    unpenalized: ids that presence and frequency penalties never count (None: the special tokens of
+    `model.tokenizer`, when it has one), so penalties leave the chat format's control tokens alone."""
 
     def __init__(self, model, max_batch: int = 8, max_len: int = 4096, prefill_chunk: int = 2048,
-                 cuda_graph: bool | None = None, lookahead: bool | None = None):
+                 cuda_graph: bool | None = None, lookahead: bool | None = None,
+                 unpenalized: Iterable[int] | None = None):
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch ({max_batch}) and prefill_chunk ({prefill_chunk}) must be >= 1")
         if max_len > model.config.max_context:
@@ -110,15 +138,23 @@ class Engine:
         free = free_bytes(self.device)
         if free is not None:  # on a GPU: fail now, with the batch that fits, rather than out of memory later
             check_fits(model.config, max_batch, max_len, free, prefill_chunk=prefill_chunk,
-                       act_bytes=getattr(model, "dtype", torch.bfloat16).itemsize)
+                       act_bytes=getattr(model, "dtype", torch.bfloat16).itemsize,
+                       tensor_parallel=getattr(model, "tensor_parallel", 1))
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
-        self.sampler = SlotSampler(max_batch, self.device)
-        self.decoder = DecodeGraph(model, self.cache, self.sampler, cuda_graph) if hasattr(model, "decode_step") else None
+        if unpenalized is None:
+            unpenalized = getattr(getattr(model, "tokenizer", None), "special_ids", ())
+        self.sampler = SlotSampler(max_batch, self.device, model.config.vocab_size, exempt=unpenalized)
+        # A tensor-parallel leader (model/parallel/leader.py) makes a decode graph whose steps every rank runs.
+        make_decoder = getattr(model, "decode_graph", None) or (
+            lambda cache, sampler, capture: DecodeGraph(model, cache, sampler, capture))
+        self.decoder = make_decoder(self.cache, self.sampler, cuda_graph) if hasattr(model, "decode_step") else None
         self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
         self._launched: _Launched | None = None
         self._readback: list | None = None  # pinned host buffers and events the decode steps' tokens come back by
+        self._masks = torch.empty(max_batch, (model.config.vocab_size + 31) // 32, dtype=torch.int32,
+                                  pin_memory=self.device.type == "cuda")  # constrained rows' allowed ids, as bits
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
@@ -130,10 +166,12 @@ class Engine:
         check_request(self.model.config, self.max_len, prompt, params)
 
     def submit(self, prompt: Iterable[int], params: SamplingParams = SamplingParams(),
-               stop_tokens: Iterable[int] = (), on_token: Callable | None = None) -> Request:
+               stop_tokens: Iterable[int] = (), on_token: Callable | None = None,
+               constraint: TokenConstraint | None = None) -> Request:
         prompt = [int(t) for t in prompt]
         self.check(prompt, params)
-        req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token)
+        req = Request(next(self._ids), prompt, params, frozenset(int(t) for t in stop_tokens), on_token,
+                      constraint=constraint)
         req.stats.prompt_tokens = len(prompt)
         # A fresh seed from the OS: torch.seed() would reseed the user's global generator as a side effect.
         req.seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -191,10 +229,10 @@ class Engine:
         if not ready:
             return []
         rows = self._index(tuple(b for b, _ in ready))
-        nxt = self.sampler(logits, rows, [b for b, _ in ready])
+        nxt = self._sample(logits, rows, ready)
         if self.decoder is not None:  # the next decode step's input, written without leaving the device
-            self.decoder.tokens.index_copy_(0, rows, nxt)
-        return [(req, t) for (_, req), t in zip(ready, nxt.tolist())]  # the one sync: to stream
+            self.decoder.tokens.index_copy_(0, rows, nxt.tokens)
+        return self._produced(ready, nxt)  # the one sync: to stream
 
     def _decoding(self) -> list[tuple[int, Request]] | None:
         """(slot, request) of every occupied slot when all of them decode (none prefills), else None."""
@@ -202,29 +240,60 @@ class Engine:
         return rows if rows and all(req.tokens for _, req in rows) else None
 
     def _launch_decode(self, rows: list[tuple[int, Request]]) -> "_Launched":
-        """Queue a decode step of `rows` with the sampling of their next tokens (one graph replay on a GPU); nothing
+        """Queue a decode step of `rows` with the sampling of their next tokens (one graph replay on a GPU, the draw
+        inside it unless a row needs the sampler's call: a constraint, logit bias, penalties or logprobs); nothing
         waits for the device. Their inputs are already in the graph's token buffer (written when they were sampled)."""
-        nxt = self.decoder([b for b, _ in rows])
+        slots = [b for b, _ in rows]
+        if self.sampler.plan(slots) is not None and all(req.constraint is None for _, req in rows):
+            nxt = Sampled(self.decoder(slots))
+        else:
+            index = self._index(tuple(slots))
+            nxt = self._sample(self.decoder(slots, draw=False), index, rows, compact=True)
+            self.decoder.tokens.index_copy_(0, index, nxt.tokens)
         self.steps += 1
-        if not nxt.is_cuda:
+        if not nxt.tokens.is_cuda:
             return _Launched(rows, nxt, None)
-        if self._readback is None:  # at most two steps are in flight (one with the lookahead): two buffers
-            self._readback = [(torch.empty(len(self.slots), dtype=torch.long, pin_memory=True), torch.cuda.Event())
-                              for _ in range(2)]
-        host, done = self._readback[0]
-        self._readback.reverse()  # the other buffer for the next step, while this one's tokens may be unread
-        host = host[:len(rows)]
-        host.copy_(nxt, non_blocking=True)
+        if nxt.logprob is not None:
+            host, done = nxt.to_host(), torch.cuda.Event()
+        else:
+            if self._readback is None:  # at most two steps are in flight (one with the lookahead): two buffers
+                self._readback = [(torch.empty(len(self.slots), dtype=torch.long, pin_memory=True),
+                                   torch.cuda.Event()) for _ in range(2)]
+            tokens, done = self._readback[0]
+            self._readback.reverse()  # the other buffer for the next step, while this one's tokens may be unread
+            host = Sampled(tokens[:len(rows)].copy_(nxt.tokens, non_blocking=True))
         done.record()
         return _Launched(rows, host, done)
+
+    def _sample(self, logits: torch.Tensor, index: torch.Tensor, rows: list[tuple[int, Request]],
+                compact: bool = False) -> Sampled:
+        """The next tokens of `rows` ((slot, request) pairs; `index` their slots on the device). Constrained
+        rows' masks are computed on the host meanwhile: the forward that makes `logits` is already queued."""
+        constraints = [req.constraint for _, req in rows]
+        allowed = None
+        if any(c is not None for c in constraints):
+            allowed = self._masks[:len(rows)]
+            fill_masks(constraints, allowed)
+        return self.sampler(logits, index, [b for b, _ in rows], allowed, compact)
+
+    @staticmethod
+    def _produced(rows: list[tuple[int, Request]], sampled: Sampled) -> list[tuple[Request, int]]:
+        """(request, token) of the rows still running (not finished or cancelled since the draw), their
+        logprobs recorded; waits for the tokens if they are still on the device."""
+        out = []
+        for i, ((b, req), token) in enumerate(zip(rows, sampled.tokens.tolist())):
+            if req.slot == b and not req.finished:
+                if req.params.logprobs is not None:
+                    req.logprobs.append(sampled.logprobs(i, req.params.logprobs))
+                out.append((req, token))
+        return out
 
     def _collect(self, launched: "_Launched") -> list[tuple[Request, int]]:
         """Wait for a launched step's tokens (not for steps queued after it); drop those of requests that
         finished or were cancelled since it was launched."""
         if launched.done is not None:
             launched.done.synchronize()
-        tokens = launched.tokens.tolist()
-        return [(req, t) for (b, req), t in zip(launched.rows, tokens) if req.slot == b and not req.finished]
+        return self._produced(launched.rows, launched.tokens)
 
     def _account(self, elapsed: float, produced: list[tuple[Request, int]]) -> None:
         for req in self.slots:
@@ -236,6 +305,8 @@ class Engine:
         for req, token in produced:
             req.tokens.append(token)
             req.stats.new_tokens += 1
+            if req.constraint is not None:
+                req.constraint.advance(token)
             if token in req.stop_tokens:
                 self._finish(req, "stop")
             elif len(req.tokens) >= req.params.max_new_tokens:

@@ -18,16 +18,16 @@ class Generation:
 
 
 def generate(model, prompt: Iterable[int], params: SamplingParams = SamplingParams(),
-             stop_tokens: Iterable[int] = ()) -> Generation:
+             stop_tokens: Iterable[int] = (), constraint=None) -> Generation:
     """Prefill `prompt`, then decode one token at a time, yielding each new id.
 
-    Stops after a stop token (which is yielded) or after `params.max_new_tokens`. Every limit is checked
-    before any work starts.
+    Stops after a stop token (which is yielded) or after `params.max_new_tokens`. `constraint` is an
+    engine.TokenConstraint on the new ids. Every limit is checked before any work starts.
     """
     prompt = [int(t) for t in prompt]
     check_request(model.config, model.config.max_context, prompt, params)
     engine = Engine(model, max_batch=1, max_len=len(prompt) + params.max_new_tokens)
-    req = engine.submit(prompt, params, stop_tokens)
+    req = engine.submit(prompt, params, stop_tokens, constraint=constraint)
 
     def tokens() -> Iterator[int]:
         while not req.finished:

@@ -55,6 +55,16 @@ def test_attention_varlen(hq, hkv, window, device):
     _check(out, args, qs, k_all, v_all, [0] * 4, window)
 
 
+def test_attention_last_tile_of_two_tokens(device):
+    """Issue 13's report, in the default tiles: window 16, GQA group 8 and lengths 18, 26, 42, whose last
+    query tile holds exactly 2 tokens (tiles of 8 in the interpreter). Guards the banded loops against an
+    unmasked key block reaching one key past the window (test_attention_sweeps.py sweeps the whole class)."""
+    lens = [18, 26, 42]
+    args, qs, k_all, v_all = _case(lens, [0] * 3, 8, 1, device)
+    out = attention(**args, sm_scale=SM_SCALE, sliding_window=16)
+    _check(out, args, qs, k_all, v_all, [0] * 3, 16)
+
+
 def test_attention_extreme_sinks(device):
     sinks = torch.tensor([20.0, -1e4, 0.0, 5.0, -1e4, 20.0, -3.0, 1.0])
     args, qs, k_all, v_all = _case([29], [0], 8, 1, device, sinks=sinks)

@@ -8,6 +8,7 @@ from gpt_oss_triton.kernels import arrival
 from gpt_oss_triton.kernels.moe_gemm import (DECODE_TOKENS, expected_row_tiles, moe_mlp1, moe_mlp1_ref, moe_mlp2,
                                              moe_mlp2_ref, split_k)
 from gpt_oss_triton.kernels.mxfp4 import mxfp4_repack, permute_k, unpermute_k
+from gpt_oss_triton.kernels.reference import swiglu_ref
 from gpt_oss_triton.kernels.routing import routing
 from helpers import assert_close
 from moe_testdata import random_moe_weights
@@ -113,6 +114,28 @@ def test_cases_cover_both_regimes_and_the_clamp(device):
     x, r, w, _ = setup_case("decode_real_hidden", device)
     args = (x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
     assert not torch.equal(moe_mlp1_ref(*args, swiglu_limit=7.0), moe_mlp1_ref(*args, swiglu_limit=float("inf")))
+
+
+@pytest.mark.parametrize("name", ["decode_one_token", "prefill"])
+def test_moe_mlp1_swiglu_constant(name, device):
+    """Guards swiglu's alpha (1.702) and its form in mlp1's epilogue, whose output is bf16: with zero weights
+    h is the bias, and for glu down to -40 the output glu * sigmoid(1.702 glu) * (lin + 1) moves by |glu| x
+    the relative change of alpha (8% at -40 for 1.702 -> 1.7), far above bf16's rounding (< 2^-7 relative,
+    truncating in the interpreter). The expectation is the spec's formula in fp64; swiglu_ref, which the model
+    and the other mlp1 tests use, is held to it in fp32."""
+    x, r, w, _ = setup_case(name, device)
+    n_experts, rows = w["mlp1_bias"].shape
+    glu = torch.linspace(-40.0, 9.0, rows // 2)  # up to 9: past the clamp at 7
+    lin = torch.linspace(-9.0, 9.0, rows // 2).flip(0)  # -9..9: clamped at both ends
+    bias = torch.stack((glu, lin), dim=-1).flatten().to(torch.bfloat16)  # interleaved: glu at even rows
+    a = moe_mlp1(permute_k(x), r, torch.zeros_like(w["mlp1_blocks"]), w["mlp1_scales"],
+                 bias.repeat(n_experts, 1).to(device))
+    a = unpermute_k(a, rows // 2)
+    g, l = bias[0::2].double().clamp(max=7.0), bias[1::2].double().clamp(-7.0, 7.0)
+    expected = g * torch.sigmoid(1.702 * g) * (l + 1)
+    err = (a.double().cpu() - expected).abs()
+    assert (err <= 2 ** -7 * expected.abs()).all(), f"worst relative error {(err / expected.abs()).max():.3g}"
+    assert torch.allclose(swiglu_ref(bias.float()).double(), expected, rtol=1e-5, atol=0)
 
 
 def test_launcher_errors(device):

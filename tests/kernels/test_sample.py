@@ -103,6 +103,17 @@ def test_filter_off_keeps_everything_and_rows_are_independent():
     assert torch.equal(out[2].isfinite(), sample_tokens_ref(logits[2], 1.0, 0, 0.3) > 0)
 
 
+@pytest.mark.parametrize("top_p, kept", [(0.25, 1), (0.5, 2), (0.75, 3), (0.76, 4)])
+def test_top_p_at_exact_equality(top_p, kept):
+    """Guards top-p's boundary: a token is kept only while the mass before it is below top_p (the smallest
+    set whose mass reaches top_p survives). Four equal logits give probabilities of exactly 0.25, so the mass
+    before each token is exactly 0, .25, .5, .75: top_p .5 keeps two tokens, where '>' in place of '>='
+    would keep three. Checked in filter_logits and in the reference distribution."""
+    logits = torch.zeros(1, 4)
+    assert filter_logits(logits, torch.tensor([0]), torch.tensor([top_p]))[0].isfinite().sum() == kept
+    assert (sample_tokens_ref(logits[0], 1.0, 0, top_p) > 0).sum() == kept
+
+
 def test_bad_inputs_name_the_argument():
     logits = torch.zeros(2, 8, device=DEVICE)
     z = torch.zeros(2, dtype=torch.int64, device=DEVICE)
