@@ -97,7 +97,8 @@ def routing_ref(logits: torch.Tensor, experts_per_token: int) -> tuple[torch.Ten
 def moe_ref(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
             mlp1_blocks: torch.Tensor, mlp1_scales: torch.Tensor, mlp1_bias: torch.Tensor,
             mlp2_blocks: torch.Tensor, mlp2_scales: torch.Tensor, mlp2_bias: torch.Tensor,
-            *, experts_per_token: int, swiglu_limit: float = 7.0, first_expert: int = 0) -> torch.Tensor:
+            *, experts_per_token: int, swiglu_limit: float = 7.0, first_expert: int = 0,
+            expert_weights=None) -> torch.Tensor:
     """The MoE block after its norm: t [T, H] -> sum_k w_k * expert_k(t) [T, H] (no residual).
 
     gate [E, H] / [E]; mlp1 blocks [El, 2I, H/32, 16] / scales [El, 2I, H/32] / bias [El, 2I];
@@ -105,6 +106,7 @@ def moe_ref(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
     first_expert .. first_expert + El - 1 (all E by default). Chosen experts outside them add nothing: with
     expert parallelism another rank holds them, and the sum over ranks is the whole block.
     Only the experts some token chose are dequantized (one at a time), as a GEMM in t.dtype.
+    `expert_weights(e_local, dtype) -> (w1, w2)` may supply them dequantized instead (a cache).
     """
     logits = torch.nn.functional.linear(t, gate_weight.to(t.dtype), gate_bias.to(t.dtype))
     weights, indices = routing_ref(logits, experts_per_token)
@@ -114,8 +116,11 @@ def moe_ref(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
             continue
         rows, slot = (indices == e).nonzero(as_tuple=True)
         e_local = e - first_expert
-        w1 = mxfp4_dequantize(mlp1_blocks[e_local], mlp1_scales[e_local], t.dtype)
-        w2 = mxfp4_dequantize(mlp2_blocks[e_local], mlp2_scales[e_local], t.dtype)
+        if expert_weights is not None:
+            w1, w2 = expert_weights(e_local, t.dtype)
+        else:
+            w1 = mxfp4_dequantize(mlp1_blocks[e_local], mlp1_scales[e_local], t.dtype)
+            w2 = mxfp4_dequantize(mlp2_blocks[e_local], mlp2_scales[e_local], t.dtype)
         h = torch.nn.functional.linear(t[rows], w1, mlp1_bias[e_local].to(t.dtype))
         y = torch.nn.functional.linear(swiglu_ref(h, swiglu_limit), w2, mlp2_bias[e_local].to(t.dtype))
         out.index_add_(0, rows, y.float() * weights[rows, slot, None])

@@ -2,14 +2,18 @@
 
 Module and parameter names follow the original checkpoint layout, so that `state_dict()` keys are
 exactly the tensor names of `original/model.safetensors` (`block.3.mlp.mlp1_weight.blocks`, ...).
-MXFP4 expert weights stay packed; the forward pass dequantizes only the experts a token chose.
+MXFP4 expert weights stay packed; the forward pass dequantizes only the experts a token chose (and keeps them
+when they are small: MXFP4Weight.expert).
 """
 import torch
 from torch import nn
 
+from ..kernels.mxfp4 import mxfp4_dequantize
 from ..kernels.reference import attention_ref, moe_ref, rmsnorm_ref, rope_cos_sin, rope_ref, yarn_inv_freq
 from .config import GptOssConfig
 from .parallel.group import SINGLE
+
+DENSE_CACHE_BYTES = 64 << 20  # dequantized experts a reference MXFP4Weight keeps (see MXFP4Weight.expert)
 
 
 class RMSNorm(nn.Module):
@@ -30,6 +34,20 @@ class MXFP4Weight(nn.Module):
         groups = in_features // 32
         self.register_buffer("blocks", torch.zeros(n_experts, out_features, groups, 16, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.zeros(n_experts, out_features, groups, dtype=torch.uint8, device=device))
+        self._dense, self._dense_key = {}, None
+
+    def expert(self, e: int, dtype: torch.dtype) -> torch.Tensor:
+        """Expert e dequantized to dtype [N, K]. A small stack (tests, tiny models: dequantizing dominates their
+        CPU forward) keeps each one, until the packed tensors change (load_state_dict, .to); the real models'
+        would not fit beside the packed weights, so theirs is dequantized each call."""
+        if self.blocks.numel() * 2 * dtype.itemsize > DENSE_CACHE_BYTES:
+            return mxfp4_dequantize(self.blocks[e], self.scales[e], dtype)
+        key = (dtype, self.blocks.data_ptr(), self.blocks._version, self.scales.data_ptr(), self.scales._version)
+        if key != self._dense_key:
+            self._dense, self._dense_key = {}, key
+        if e not in self._dense:
+            self._dense[e] = mxfp4_dequantize(self.blocks[e], self.scales[e], dtype)
+        return self._dense[e]
 
 
 class KVCache:
@@ -119,7 +137,8 @@ class MLPBlock(nn.Module):
         y = moe_ref(t, self.gate.weight, self.gate.bias, self.mlp1_weight.blocks, self.mlp1_weight.scales,
                     self.mlp1_bias, self.mlp2_weight.blocks, self.mlp2_weight.scales, self.mlp2_bias,
                     experts_per_token=self.experts_per_token, swiglu_limit=self.swiglu_limit,
-                    first_expert=self.first_expert)
+                    first_expert=self.first_expert,
+                    expert_weights=lambda e, dtype: (self.mlp1_weight.expert(e, dtype), self.mlp2_weight.expert(e, dtype)))
         return self.parallel.add_reduce(x, y.view_as(x))
 
 

@@ -10,6 +10,10 @@ import torch
 if not torch.cuda.is_available():
     # Must be set before triton is first imported: kernels then run in Triton's interpreter on the CPU.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The tests run many tiny ops: a thread pool buys nothing, and on a busy machine a pool spinning for cores it
+    # does not get is ~100x slower (an engine test: 0.9 s on one thread, 136 s on two). Subprocesses inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # OpenAI's outputs on a tiny checkpoint and the real tokenizer, copied into the repo (tests/data/README.md).
 DATA = Path(__file__).resolve().parent / "data"

@@ -89,3 +89,29 @@ def test_bad_tokens_and_lengths_are_named():
         model(torch.zeros(1, 9, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model.new_cache(1, model.config.max_context + 1)
+
+
+def test_kept_dense_experts_follow_the_packed_weights():
+    """MXFP4Weight.expert keeps small dequantized experts: what it returns must be a fresh dequantization of the
+    packed tensors as they are now, after load_state_dict or an in-place change too."""
+    from gpt_oss_triton.kernels.mxfp4 import mxfp4_dequantize
+    from gpt_oss_triton.model.reference import MXFP4Weight
+
+    g = torch.Generator().manual_seed(0)
+    w = MXFP4Weight(2, 64, 64)
+
+    def packed():
+        return {"blocks": torch.randint(0, 256, w.blocks.shape, generator=g, dtype=torch.uint8),
+                "scales": torch.randint(120, 130, w.scales.shape, generator=g, dtype=torch.uint8)}
+
+    def fresh(e):
+        return mxfp4_dequantize(w.blocks[e], w.scales[e], torch.float32)
+
+    w.load_state_dict(packed())
+    first = w.expert(1, torch.float32)
+    assert torch.equal(first, fresh(1)) and w.expert(1, torch.float32) is first
+    w.load_state_dict(packed())
+    assert torch.equal(w.expert(1, torch.float32), fresh(1)) and not torch.equal(w.expert(1, torch.float32), first)
+    w.scales.add_(1)
+    assert torch.equal(w.expert(0, torch.float32), fresh(0)) and torch.equal(w.expert(1, torch.float32), fresh(1))
+    assert torch.equal(w.expert(1, torch.bfloat16), mxfp4_dequantize(w.blocks[1], w.scales[1], torch.bfloat16))

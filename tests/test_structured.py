@@ -96,11 +96,14 @@ def test_analysis_is_free_and_the_reply_ends_exactly_when_the_json_does(tokenize
     assert c.matcher.is_stopped() and not c.error
 
 
-def test_reasoning_budget_ends_the_analysis():
-    from gpt_oss_triton.model import Tokenizer
-    tok = Tokenizer.byte_level()
+@pytest.mark.parametrize("channels", [("analysis",), ("commentary",), ("analysis", "commentary")])
+def test_reasoning_budget_ends_the_notes(byte_level, channels):
+    """The budget counts every note before the answer, analysis and commentary preambles alike, over all of them:
+    a model that writes preambles forever must still reach its JSON."""
+    tok = byte_level
     c = GrammarConstraint(tok, reply_grammar(tok, final=json_schema_grammar(SCHEMA)), 300, reasoning_budget=5)
-    for t in tok.encode("<|channel|>analysis<|message|>abcd"):
+    text = "<|end|><|start|>assistant".join(f"<|channel|>{ch}<|message|>" + "ab" for ch in channels)
+    for t in tok.encode(text + "cd"[:4 - 2 * len(channels)]):
         c.advance(t)
     assert c.forced is None and c.allowed_tokens()[ord("e")]
     c.advance(ord("e"))

@@ -12,8 +12,9 @@ is complete. `json_text_grammar` is a JSON value for a raw completion.
 
 The engine asks every constrained row for its mask before sampling (`GrammarConstraint.fill_masks`: all grammar
 rows in one parallel call into llguidance's Rust executor, off the GIL) and feeds each drawn token back
-(`advance`). A `reasoning_budget` ends the analysis with `<|end|>` after that many tokens in all, so the answer
-gets its room: without it a model that reasons past max_tokens would never reach its JSON.
+(`advance`). A `reasoning_budget` ends the notes (analysis, and commentary preambles) with `<|end|>` after that many
+tokens in all, so the answer gets its room: without it a model that reasons or writes preambles past max_tokens
+would never reach its JSON.
 
 Why llguidance, not xgrammar or outlines-core (README, "Structured outputs", has the measurements): it has no
 dependencies (an abi3 Rust wheel), MIT licence, special tokens and token ranges inside grammars (harmony's
@@ -148,14 +149,14 @@ class GrammarConstraint:
         self._decode = tokenizer.decode
         self._budget = reasoning_budget
         self._header: list[int] | None = None  # ids since <|channel|>, until <|message|>
-        self._in_analysis = False
-        self._reasoned = 0  # analysis tokens so far, over all its messages
+        self._in_note = False
+        self._reasoned = 0  # note tokens so far (analysis and preambles), over all the notes
         self.error = ""
 
     @property
     def forced(self) -> int | None:
         """The one id the next token must be, when the reasoning budget is spent (else None)."""
-        if self._in_analysis and self._budget is not None and self._reasoned >= self._budget:
+        if self._in_note and self._budget is not None and self._reasoned >= self._budget:
             return self._ids["<|end|>"]
         return None
 
@@ -165,15 +166,15 @@ class GrammarConstraint:
         if not self.matcher.consume_token(token) and not self.error:
             self.error = self.matcher.get_error()
         if token == self._ids["<|channel|>"]:
-            self._header, self._in_analysis = [], False
+            self._header, self._in_note = [], False
         elif token == self._ids["<|message|>"] and self._header is not None:
-            self._in_analysis = self._decode(self._header).strip() == "analysis"
+            self._in_note = self._decode(self._header).strip() in ("analysis", "commentary")
             self._header = None
         elif self._header is not None:
             self._header.append(token)
         elif token == self._ids["<|end|>"]:
-            self._in_analysis = False
-        elif self._in_analysis:
+            self._in_note = False
+        elif self._in_note:
             self._reasoned += 1
 
     def allowed_tokens(self) -> torch.Tensor:
