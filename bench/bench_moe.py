@@ -2,13 +2,16 @@
 
 Bytes count what must be read: the packed weights, scales and biases of the experts the routing actually
 touched (exact, from the counts), plus activations in and out. MXFP4 weights are 4.25 bits per value.
-The torch reference dequantizes each touched expert to bf16 and multiplies (kernels.moe_gemm.*_ref).
+The torch reference dequantizes each touched expert to bf16 and multiplies (kernels.moe_gemm.*_ref). The Triton
+ops take the weights repacked (mxfp4_repack) and activations in their K order (permute_k), as the model holds them;
+`moe_block` is the decode entry (norm, router, both GEMMs, combine and residual: three launches at decode).
 """
 import pytest
 import torch
 
-from gpt_oss_triton.kernels.moe import moe
+from gpt_oss_triton.kernels.moe import moe_block
 from gpt_oss_triton.kernels.moe_gemm import moe_mlp1, moe_mlp1_ref, moe_mlp2, moe_mlp2_ref
+from gpt_oss_triton.kernels.mxfp4 import mxfp4_repack, mxfp4_unrepack, permute_k, unpermute_k
 from gpt_oss_triton.kernels.reference import moe_ref, routing_ref
 from gpt_oss_triton.kernels.routing import routing
 
@@ -29,7 +32,7 @@ def random_layer(E: int) -> dict:
     def randn(*shape, std=1.0):
         return (torch.randn(*shape, device="cuda", generator=g) * std).to(torch.bfloat16)
 
-    (b1, s1), (b2, s2) = packed(2 * I, H), packed(H, I)
+    (b1, s1), (b2, s2) = mxfp4_repack(*packed(2 * I, H)), mxfp4_repack(*packed(H, I))
     return dict(gate_weight=randn(E, H, std=H ** -0.5), gate_bias=randn(E, std=0.5), mlp1_blocks=b1, mlp1_scales=s1,
                 mlp1_bias=randn(E, 2 * I), mlp2_blocks=b2, mlp2_scales=s2, mlp2_bias=randn(E, H))
 
@@ -73,8 +76,9 @@ def test_routing(benchmark, run, layer, T, impl):
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_mlp1(benchmark, run, layer, T, impl):
     name, w, t, r, touched = _prepare(layer, T)
+    x = permute_k(t) if impl == "triton" else t
     op = moe_mlp1 if impl == "triton" else moe_mlp1_ref
-    fn = lambda: op(t, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])  # noqa: E731
+    fn = lambda: op(x, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])  # noqa: E731
     run(benchmark, fn, bytes_moved=touched * expert_bytes(2 * I, H) + T * H * 2 + T * K * I * 2,
         flops=2 * T * K * 2 * I * H, model=name, tokens=T, impl=impl, experts_touched=touched)
 
@@ -84,7 +88,8 @@ def test_moe_mlp1(benchmark, run, layer, T, impl):
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_mlp2(benchmark, run, layer, T, impl):
     name, w, t, r, touched = _prepare(layer, T)
-    a = moe_mlp1(t, r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
+    a = moe_mlp1(permute_k(t), r, w["mlp1_blocks"], w["mlp1_scales"], w["mlp1_bias"])
+    a = a if impl == "triton" else unpermute_k(a, I)
     op = moe_mlp2 if impl == "triton" else moe_mlp2_ref
     fn = lambda: op(a, r, w["mlp2_blocks"], w["mlp2_scales"], w["mlp2_bias"], t)  # noqa: E731
     run(benchmark, fn, bytes_moved=touched * expert_bytes(H, I) + T * K * I * 2 + 2 * T * H * 2,
@@ -96,8 +101,14 @@ def test_moe_mlp2(benchmark, run, layer, T, impl):
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe(benchmark, run, layer, T, impl):
     name, w, t, _, touched = _prepare(layer, T)
-    op = moe if impl == "triton" else moe_ref
-    fn = lambda: op(t, **w, experts_per_token=K)  # noqa: E731
+    if impl == "triton":
+        scale = torch.ones(H, device="cuda")
+        fn = lambda: moe_block(t, scale, 1e-5, **w, experts_per_token=K)  # noqa: E731
+    else:  # the reference reads the checkpoint's layout
+        raw = dict(w)
+        for mlp in ("mlp1", "mlp2"):
+            raw[mlp + "_blocks"], raw[mlp + "_scales"] = mxfp4_unrepack(w[mlp + "_blocks"], w[mlp + "_scales"])
+        fn = lambda: moe_ref(t, **raw, experts_per_token=K)  # noqa: E731
     E = w["gate_weight"].shape[0]
     run(benchmark, fn, bytes_moved=touched * (expert_bytes(2 * I, H) + expert_bytes(H, I)) + E * H * 2 + 2 * T * H * 2,
         flops=2 * T * E * H + 2 * T * K * 3 * I * H, model=name, tokens=T, impl=impl, experts_touched=touched)

@@ -63,10 +63,10 @@ class OursEngine:
 
         if not hasattr(self.model, "decode_step"):
             return Step(setup, lambda: self.model(tokens, cache))
-        graph = DecodeGraph(self.model, cache)  # captured in the warm-up round
-        graph.tokens.copy_(tokens[:, 0])
-        graph.active.fill_(1)
-        return Step(setup, graph)
+        graph = DecodeGraph(self.model, cache)  # captured in the warm-up round; the step ends at the logits
+        graph.tokens[:batch].copy_(tokens[:, 0])
+        rows = list(range(batch))
+        return Step(setup, lambda: graph(rows, draw=False))
 
 
 class HFEngine:

@@ -1,41 +1,59 @@
-"""The MoE block after its norm, on the Triton kernels: routing -> moe_mlp1 (+ swiglu) -> moe_mlp2 (+ combine).
+"""The MoE block on the Triton kernels.
 
-    t [T, H] bf16 -> residual + sum_k weights[:, k] * expert_k(t)  [T, H] bf16  (residual optional)
-    expert_e(t) = (swiglu(t @ W1[e]^T + b1[e])) @ W2[e]^T + b2[e]
+    moe_block(x [T, H] bf16, norm_scale, eps, router, mlp1, mlp2) -> x + moe(rmsnorm(x))   [T, H] bf16
+    moe(t [T, H] bf16, router, mlp1, mlp2, residual=None) -> residual + moe(t)
+    moe(t) = sum_k weights[:, k] * expert_k(t),  expert_e(t) = swiglu(t @ W1[e]^T + b1[e]) @ W2[e]^T + b2[e]
 
-Weights in the checkpoint layout: gate_weight [E, H], gate_bias [E] (bf16); mlp1 blocks [E, 2I, H/32, 16],
-scales [E, 2I, H/32] (uint8), bias [E, 2I]; mlp2 blocks [E, H, I/32, 16], scales [E, H, I/32], bias [E, H].
-The reference is `kernels.reference.moe_ref` (which leaves the residual out).
+At decode (T <= 64) `moe_block` is three launches: routing_decode (norm, router, top-k, bookkeeping),
+moe_mlp1 (+ bias + swiglu), moe_mlp2 (+ bias + the weighted combine + the residual). Prefill adds the norm, the
+routing's prefix-sum launches, the K-order permutation of t and the combine.
+
+Router: gate_weight [E, H], gate_bias [E] bf16. Expert weights in the repacked layout (mxfp4.mxfp4_repack; the
+module repacks the checkpoint's at load): mlp1 blocks [El, 2I, H/32, 16], scales [El, 2I, H/32] uint8, bias
+[El, 2I]; mlp2 blocks [El, H, I/32, 16], scales [El, H, I/32], bias [El, H]. `fast`: their scales allow the fast
+decode (mxfp4_unpack.fast_decode_ok). The reference is `kernels.reference.moe_ref` on the checkpoint layout.
 
 Expert parallelism: the mlp weights may hold only El of the router's E experts, from `first_expert` on. Every
-token is still routed over all E; the GEMMs then run the chosen pairs of those El experts only, and a slot
-whose expert is elsewhere weighs 0 in the combine: the output is this share of the sum, which the sum over
-the ranks holding the other experts completes.
+token is still routed over all E; the GEMMs run the chosen pairs of those El experts only, and a slot whose
+expert is elsewhere adds nothing in the combine (moe_gemm's expert_start): the output is this share of the sum,
+which the sum over the ranks holding the other experts completes.
 """
 import torch
 
 from .moe_gemm import moe_mlp1, moe_mlp2
-from .routing import RoutingData, routing
+from .mxfp4 import permute_k
+from .rmsnorm import rmsnorm
+from .routing import DECODE_TOKENS, routing, routing_decode
+
+
+def moe_block(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, gate_weight: torch.Tensor,
+              gate_bias: torch.Tensor, mlp1_blocks: torch.Tensor, mlp1_scales: torch.Tensor, mlp1_bias: torch.Tensor,
+              mlp2_blocks: torch.Tensor, mlp2_scales: torch.Tensor, mlp2_bias: torch.Tensor, *,
+              experts_per_token: int, swiglu_limit: float = 7.0, fast: bool = True, first_expert: int = 0,
+              residual: bool = True) -> torch.Tensor:
+    """x [T, H] bf16 -> x + moe(rmsnorm(x)) [T, H] bf16 (residual=False: moe(rmsnorm(x)) alone, the share of an
+    expert-parallel rank other than the first)."""
+    res = x if residual else None
+    if x.shape[0] > DECODE_TOKENS:
+        return moe(rmsnorm(x, norm_scale, eps), gate_weight, gate_bias, mlp1_blocks, mlp1_scales, mlp1_bias,
+                   mlp2_blocks, mlp2_scales, mlp2_bias, experts_per_token=experts_per_token,
+                   swiglu_limit=swiglu_limit, residual=res, fast=fast, first_expert=first_expert)
+    t, r = routing_decode(x, norm_scale, eps, gate_weight, gate_bias, experts_per_token)
+    a = moe_mlp1(t, r, mlp1_blocks, mlp1_scales, mlp1_bias, swiglu_limit, expert_start=first_expert, fast=fast)
+    return moe_mlp2(a, r, mlp2_blocks, mlp2_scales, mlp2_bias, residual=res, expert_start=first_expert, fast=fast)
 
 
 def moe(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
         mlp1_blocks: torch.Tensor, mlp1_scales: torch.Tensor, mlp1_bias: torch.Tensor,
         mlp2_blocks: torch.Tensor, mlp2_scales: torch.Tensor, mlp2_bias: torch.Tensor,
         *, experts_per_token: int, swiglu_limit: float = 7.0, residual: torch.Tensor | None = None,
-        first_expert: int = 0) -> torch.Tensor:
+        fast: bool = True, first_expert: int = 0) -> torch.Tensor:
+    """t [T, H] bf16 (after the norm) -> residual + moe(t) [T, H] bf16 (residual optional)."""
     r = routing(t, gate_weight, gate_bias, experts_per_token)
-    if mlp1_blocks.shape[0] != r.n_experts:
-        r = local_experts(r, first_expert, mlp1_blocks.shape[0])
-    a = moe_mlp1(t, r, mlp1_blocks, mlp1_scales, mlp1_bias, swiglu_limit)
-    return moe_mlp2(a, r, mlp2_blocks, mlp2_scales, mlp2_bias, residual)
-
-
-def local_experts(r: RoutingData, first: int, n: int) -> RoutingData:
-    """The routing `r` restricted to experts first .. first + n - 1, renumbered from 0: their counts and
-    offsets (views: their pairs keep their grouped rows), the weights of other experts' slots zeroed. No host
-    sync, fixed shapes: a CUDA graph captures it."""
-    if not 0 <= first <= first + n <= r.n_experts:
-        raise ValueError(f"local_experts: experts [{first}, {first + n}) are not within the router's {r.n_experts}")
-    mine = (r.indices >= first) & (r.indices < first + n)
-    return RoutingData(r.logits[:, first:first + n], r.indices - first, torch.where(mine, r.weights, 0.0),
-                       r.counts[first:first + n], r.offsets[first:first + n], r.gather_indx, r.scatter_indx)
+    if not 0 <= first_expert <= first_expert + mlp1_blocks.shape[0] <= r.n_experts:
+        raise ValueError(f"moe: experts [{first_expert}, {first_expert + mlp1_blocks.shape[0]}) are not within "
+                         f"the router's {r.n_experts}")
+    a = moe_mlp1(permute_k(t), r, mlp1_blocks, mlp1_scales, mlp1_bias, swiglu_limit, expert_start=first_expert,
+                 fast=fast)
+    return moe_mlp2(a, r, mlp2_blocks, mlp2_scales, mlp2_bias, residual=residual, expert_start=first_expert,
+                    fast=fast)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpreting, wrap_triton
+from .launch_plan import Traffic, traffic
 
 
 @triton.jit
@@ -130,3 +131,14 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         k_cache.shape[1] if write_cache else 1,
         HQ=Hq, HKV=Hkv, HQP=triton.next_power_of_2(Hq), HKVP=triton.next_power_of_2(Hkv), D=D,
         WRITE_CACHE=write_cache, BLOCK_T=block_t, num_warps=4)
+
+
+@traffic(_rope_kernel)
+def _rope_traffic(launch, constexprs, env):
+    """q and k read and written in place, their N rows of cos/sin read; in decode mode v read and k, v written
+    to one cache slot per token."""
+    a = launch.args
+    N, D = a["N"], a["D"]
+    qk = N * (a["HQ"] + a["HKV"]) * D * a["Q"].element_size()
+    kv_new = 2 * N * a["HKV"] * D * a["Q"].element_size() if a["WRITE_CACHE"] else 0
+    return Traffic(read=qk + kv_new // 2 + 2 * N * (D // 2) * 4, written=qk + kv_new)

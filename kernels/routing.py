@@ -17,6 +17,14 @@ No host synchronisation and no loop over experts on the host; at most three laun
    block holds every token (decode) it also places the pairs, and routing is one launch;
 2. one program: prefix sums of the block histograms -> counts, offsets and each block's start per expert;
 3. per block: pair -> offsets[e] + its block's start for e + its rank among the block's pairs of expert e.
+
+`routing_decode` (up to DECODE_TOKENS tokens) also runs the RMSNorm before the router, in one launch whose
+programs split the router's weights (16 experts each), the tokens (16 each) and, while that leaves fewer than
+16 programs, the hidden dim, so the weights stream from many SMs: each program normalises its tokens (their
+whole rows for the sum of squares, then its slice for t), writes t in the expert GEMMs' K order
+(mxfp4.permute_k) when it holds the first experts, and stores its fp32 partial logits; the last program to
+arrive (kernels/arrival.py) sums the slices in order, adds the bias, rounds the logits to bf16 and runs top-k,
+softmax and the pair bookkeeping for all tokens.
 """
 import dataclasses
 
@@ -26,12 +34,19 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._interpreter import interpreting, wrap_triton
+from .arrival import counters, last_to_arrive
+from .launch_plan import Traffic, tensor_bytes, traffic
+from .mxfp4 import KCHUNK
+from .mxfp4_unpack import permuted_k
 
+_KCHUNK = tl.constexpr(KCHUNK)
 # The interpreter's tl.dot is wrong on bf16 operands; fp32 holds bf16 values exactly.
 DOT_DTYPE = tl.float32 if interpreting() else tl.bfloat16
 MAX_EXPERTS = 256
 BLOCK_T = 32  # tokens per routing program; its one-hot [BLOCK_T * K, E] must stay in registers
 BLOCK_B = 64  # block histograms per step of the prefix-sum program
+DECODE_TOKENS = 64  # up to this many tokens, `routing_decode`: norm, router, top-k and bookkeeping in one launch
+_FENCE = tl.constexpr(not interpreting())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +111,33 @@ def _place_pairs(pairs, valid, onehot, base, gather_ptr, scatter_ptr):
 
 
 @triton.jit
+def _top_k(logits, offs_t, n_tokens, n_experts, indices_ptr, weights_ptr, K: tl.constexpr, K_PAD: tl.constexpr,
+           E_PAD: tl.constexpr):
+    """Top-k of logits [BLOCK_T, E_PAD] (tokens offs_t) by repeated arg-max, the lowest index winning among equal
+    maxima (a stable descending sort), and the softmax over the k: stores indices and weights, returns
+    the experts [BLOCK_T, K_PAD]."""
+    BLOCK_T: tl.constexpr = logits.shape[0]
+    offs_e = tl.arange(0, E_PAD)
+    vals = tl.where((offs_e < n_experts)[None, :], logits.to(tl.float32), float("-inf"))
+    offs_k = tl.arange(0, K_PAD)
+    top_v = tl.full((BLOCK_T, K_PAD), float("-inf"), tl.float32)
+    top_i = tl.zeros((BLOCK_T, K_PAD), tl.int32)
+    for k in tl.static_range(K):
+        best = tl.max(vals, 1)
+        expert = tl.min(tl.where(vals == best[:, None], offs_e[None, :], E_PAD), 1)
+        top_v = tl.where(offs_k[None, :] == k, best[:, None], top_v)
+        top_i = tl.where(offs_k[None, :] == k, expert[:, None], top_i)
+        vals = tl.where(offs_e[None, :] == expert[:, None], float("-inf"), vals)
+    p = tl.exp(top_v - tl.max(top_v, 1)[:, None])  # padding slots hold -inf: weight 0
+    p = p / tl.sum(p, 1)[:, None]
+    out_offs = offs_t[:, None] * K + offs_k[None, :]
+    out_mask = (offs_t < n_tokens)[:, None] & (offs_k < K)[None, :]
+    tl.store(indices_ptr + out_offs, top_i, mask=out_mask)
+    tl.store(weights_ptr + out_offs, p, mask=out_mask)
+    return top_i
+
+
+@triton.jit
 def _routing_kernel(t_ptr, w_ptr, b_ptr, logits_ptr, indices_ptr, weights_ptr, hist_ptr,
                     counts_ptr, offsets_ptr, gather_ptr, scatter_ptr, n_tokens, H, n_experts,
                     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -118,24 +160,7 @@ def _routing_kernel(t_ptr, w_ptr, b_ptr, logits_ptr, indices_ptr, weights_ptr, h
     tl.store(logits_ptr + offs_t.to(tl.int64)[:, None] * n_experts + offs_e[None, :], logits,
              mask=mask_t[:, None] & mask_e[None, :])
 
-    # Top-k by repeated arg-max; the lowest index among equal maxima wins, like a stable descending sort.
-    vals = tl.where(mask_e[None, :], logits.to(tl.float32), float("-inf"))
-    offs_k = tl.arange(0, K_PAD)
-    top_v = tl.full((BLOCK_T, K_PAD), float("-inf"), tl.float32)
-    top_i = tl.zeros((BLOCK_T, K_PAD), tl.int32)
-    for k in tl.static_range(K):
-        best = tl.max(vals, 1)
-        expert = tl.min(tl.where(vals == best[:, None], offs_e[None, :], E_PAD), 1)
-        top_v = tl.where(offs_k[None, :] == k, best[:, None], top_v)
-        top_i = tl.where(offs_k[None, :] == k, expert[:, None], top_i)
-        vals = tl.where(offs_e[None, :] == expert[:, None], float("-inf"), vals)
-    p = tl.exp(top_v - tl.max(top_v, 1)[:, None])  # padding slots hold -inf: weight 0
-    p = p / tl.sum(p, 1)[:, None]
-    out_offs = offs_t[:, None] * K + offs_k[None, :]
-    out_mask = mask_t[:, None] & (offs_k < K)[None, :]
-    tl.store(indices_ptr + out_offs, top_i, mask=out_mask)
-    tl.store(weights_ptr + out_offs, p, mask=out_mask)
-
+    top_i = _top_k(logits, offs_t, n_tokens, n_experts, indices_ptr, weights_ptr, K, K_PAD, E_PAD)
     pairs, valid, onehot = _block_pairs(top_i, offs_t, n_tokens, K, K_PAD, E_PAD)
     hist = tl.sum(onehot, 0)
     if SINGLE_BLOCK:
@@ -179,6 +204,81 @@ def _routing_place_kernel(indices_ptr, hist_ptr, offsets_ptr, gather_ptr, scatte
     _place_pairs(pairs, valid, onehot, base, gather_ptr, scatter_ptr)
 
 
+@triton.jit
+def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, part_ptr, indices_ptr, weights_ptr,
+                           counts_ptr, offsets_ptr, gather_ptr, scatter_ptr, cnt_ptr, n_tokens, H, n_experts, eps,
+                           stride_x, stride_t, h_split, K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
+                           BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                           H_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    pid_e, pid_t, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < n_tokens
+    p_x = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x
+    ss = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for h0 in range(0, H, 4 * BLOCK_H):  # the whole row's sum of squares
+        offs_h = h0 + tl.arange(0, 4 * BLOCK_H)
+        x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & (offs_h < H)[None, :], other=0.0).to(tl.float32)
+        ss += tl.sum(x * x, 1)
+    rstd = tl.rsqrt(ss / H + eps)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < n_experts
+    acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+    for h0 in range(pid_h * h_split, tl.minimum((pid_h + 1) * h_split, H), BLOCK_H):  # this program's slice
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+        scale = tl.load(scale_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        t = (x * rstd[:, None] * scale[None, :]).to(t_ptr.dtype.element_ty)  # the activation dtype, as rmsnorm
+        if pid_e == 0:  # t's padding to whole K chunks too (x is 0 there): blocks of BLOCK_H end on a chunk
+            tl.store(t_ptr + offs_t.to(tl.int64)[:, None] * stride_t + permuted_k(offs_h)[None, :], t,
+                     mask=mask_t[:, None] & (offs_h < tl.cdiv(H, _KCHUNK) * _KCHUNK)[None, :])
+        w = tl.load(w_ptr + offs_e[None, :] * H + offs_h[:, None], mask=mask_e[None, :] & mask_h[:, None], other=0.0)
+        acc = tl.dot(t.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
+    p_part = (pid_h * n_tokens + offs_t.to(tl.int64))[:, None] * n_experts + offs_e[None, :]
+    tl.store(part_ptr + p_part, acc, mask=mask_t[:, None] & mask_e[None, :])
+    if not last_to_arrive(cnt_ptr, tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2), pid_e, _FENCE):
+        return
+    # The logits (slices summed in order, the bias, rounded as a bf16 linear would), top-k of every token and
+    # the histogram, then each pair's grouped position: BLOCK_T tokens at a time.
+    offs_ee = tl.arange(0, E_PAD)
+    mask_ee = offs_ee < n_experts
+    bias = tl.load(b_ptr + offs_ee, mask=mask_ee, other=0.0).to(tl.float32)
+    hist = tl.zeros((E_PAD,), dtype=tl.int32)
+    for t0 in range(0, n_tokens, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t < n_tokens)[:, None] & mask_ee[None, :]
+        rows = offs_t.to(tl.int64)[:, None] * n_experts + offs_ee[None, :]
+        logits = bias[None, :] + tl.zeros((BLOCK_T, E_PAD), dtype=tl.float32)
+        for s in range(H_SPLITS):
+            logits += tl.load(part_ptr + s * n_tokens * n_experts + rows, mask=mask, other=0.0, cache_modifier=".cg")
+        logits = logits.to(logits_ptr.dtype.element_ty)
+        tl.store(logits_ptr + rows, logits, mask=mask)
+        top_i = _top_k(logits, offs_t, n_tokens, n_experts, indices_ptr, weights_ptr, K, K_PAD, E_PAD)
+        _, _, onehot = _block_pairs(top_i, offs_t, n_tokens, K, K_PAD, E_PAD)
+        hist += tl.sum(onehot, 0)
+    base = tl.cumsum(hist, 0) - hist
+    tl.store(counts_ptr + offs_ee, hist, mask=mask_ee)
+    tl.store(offsets_ptr + offs_ee, base, mask=mask_ee)
+    tl.debug_barrier()  # the indices this program stored, read back by other threads
+    offs_k = tl.arange(0, K_PAD)
+    for t0 in range(0, n_tokens, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        top_i = tl.load(indices_ptr + offs_t[:, None] * K + offs_k[None, :],
+                        mask=(offs_t < n_tokens)[:, None] & (offs_k < K)[None, :], other=0)
+        pairs, valid, onehot = _block_pairs(top_i, offs_t, n_tokens, K, K_PAD, E_PAD)
+        _place_pairs(pairs, valid, onehot, base, gather_ptr, scatter_ptr)
+        base += tl.sum(onehot, 0)
+
+
+def _routing_outputs(T: int, E: int, K: int, dtype: torch.dtype, dev: torch.device) -> tuple:
+    """The RoutingData fields, allocated; the kernels write every element, except with no token: counts 0."""
+    new = torch.zeros if T == 0 else torch.empty  # no fill launched when the kernels write it all
+    return (torch.empty(T, E, dtype=dtype, device=dev), torch.empty(T, K, dtype=torch.int32, device=dev),
+            torch.empty(T, K, dtype=torch.float32, device=dev), new(E, dtype=torch.int32, device=dev),
+            new(E, dtype=torch.int32, device=dev), torch.empty(T * K, dtype=torch.int32, device=dev),
+            torch.empty(T * K, dtype=torch.int32, device=dev))
+
+
 def _check_routing_inputs(t, gate_weight, gate_bias, experts_per_token):
     if t.dim() != 2 or t.dtype != torch.bfloat16:
         raise ValueError(f"routing: t must be [tokens, hidden] bf16, got {list(t.shape)} {t.dtype}")
@@ -204,13 +304,7 @@ def _routing_op(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Ten
     _check_routing_inputs(t, gate_weight, gate_bias, experts_per_token)
     (T, H), E, K = t.shape, gate_weight.shape[0], experts_per_token
     dev = t.device
-    logits = torch.empty(T, E, dtype=t.dtype, device=dev)
-    indices = torch.empty(T, K, dtype=torch.int32, device=dev)
-    weights = torch.empty(T, K, dtype=torch.float32, device=dev)
-    counts = torch.zeros(E, dtype=torch.int32, device=dev)
-    offsets = torch.zeros(E, dtype=torch.int32, device=dev)
-    gather_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
-    scatter_indx = torch.empty(T * K, dtype=torch.int32, device=dev)
+    logits, indices, weights, counts, offsets, gather_indx, scatter_indx = _routing_outputs(T, E, K, t.dtype, dev)
     if T == 0:
         return logits, indices, weights, counts, offsets, gather_indx, scatter_indx
     E_PAD, K_PAD = max(16, triton.next_power_of_2(E)), triton.next_power_of_2(K)
@@ -235,3 +329,67 @@ def _routing_op(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Ten
 def routing(t: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor, experts_per_token: int) -> RoutingData:
     """Route t [T, H] bf16 with the router gate_weight [E, H] / gate_bias [E] (bf16) to experts_per_token experts."""
     return RoutingData(*_routing_op(t, gate_weight, gate_bias, experts_per_token))
+
+
+@traffic(_routing_kernel)
+def _routing_traffic(launch, constexprs, env):
+    """The router weights by each token block, its tokens' rows, the logits and routing outputs."""
+    a = launch.args
+    blocks = triton.cdiv(a["n_tokens"], a["BLOCK_T"])
+    out = sum(tensor_bytes(a[n]) for n in ("logits_ptr", "indices_ptr", "weights_ptr", "gather_ptr", "scatter_ptr"))
+    return Traffic(read=blocks * tensor_bytes(a["w_ptr"]) + tensor_bytes(a["t_ptr"]), written=out,
+                   loop_trips=blocks * triton.cdiv(a["H"], a["BLOCK_H"]))
+
+
+@triton_op("gpt_oss_triton::routing_decode", mutates_args=())
+def _routing_decode_op(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, gate_weight: torch.Tensor,
+                       gate_bias: torch.Tensor, experts_per_token: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                  torch.Tensor, torch.Tensor]:
+    _check_routing_inputs(x, gate_weight, gate_bias, experts_per_token)
+    (T, H), E, K = x.shape, gate_weight.shape[0], experts_per_token
+    if T > DECODE_TOKENS:
+        raise ValueError(f"routing_decode: {T} tokens; at most {DECODE_TOKENS} (use routing)")
+    if tuple(norm_scale.shape) != (H,) or not norm_scale.is_floating_point() or norm_scale.device != x.device:
+        raise ValueError(f"routing_decode: norm_scale must be a float [{H}] on {x.device}, got "
+                         f"{list(norm_scale.shape)} {norm_scale.dtype} on {norm_scale.device}")
+    dev = x.device
+    t = torch.empty(T, triton.cdiv(H, KCHUNK) * KCHUNK, dtype=x.dtype, device=dev)
+    logits, indices, weights, counts, offsets, gather_indx, scatter_indx = _routing_outputs(T, E, K, x.dtype, dev)
+    if T:
+        block_t, block_e, block_h = 16, 16, 256 if interpreting() else 128  # 16: tl.dot's least tile
+        programs = triton.cdiv(E, block_e) * triton.cdiv(T, block_t)
+        # Split the hidden dim too while the grid is small: the router's weights stream from more SMs.
+        h_splits = max(1, min(triton.cdiv(H, block_h), 16 // programs))
+        h_split = triton.cdiv(triton.cdiv(H, h_splits), block_h) * block_h
+        h_splits = triton.cdiv(H, h_split)
+        part = torch.empty(h_splits, T, E, dtype=torch.float32, device=dev)
+        wrap_triton(_routing_decode_kernel)[(triton.cdiv(E, block_e), triton.cdiv(T, block_t), h_splits)](
+            x, norm_scale, gate_weight, gate_bias, t, logits, part, indices, weights, counts, offsets, gather_indx,
+            scatter_indx, counters(dev, 1), T, H, E, eps, x.stride(0), t.stride(0), h_split, K=K,
+            K_PAD=triton.next_power_of_2(K), E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_T=block_t,
+            BLOCK_E=block_e, BLOCK_H=block_h, H_SPLITS=h_splits, DOT_DTYPE=DOT_DTYPE,
+            num_warps=8 if E > 64 else 4)
+    return t, logits, indices, weights, counts, offsets, gather_indx, scatter_indx
+
+
+def routing_decode(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, gate_weight: torch.Tensor,
+                   gate_bias: torch.Tensor, experts_per_token: int) -> tuple[torch.Tensor, RoutingData]:
+    """x [T, H] bf16 (T <= DECODE_TOKENS), the RMSNorm's scale [H] and eps, the router [E, H] / [E] ->
+    (t = rmsnorm(x) [T, cdiv(H, 64) * 64] in the expert GEMMs' K order, the routing of t), in one launch."""
+    t, *fields = _routing_decode_op(x, norm_scale, eps, gate_weight, gate_bias, experts_per_token)
+    return t, RoutingData(*fields)
+
+
+@traffic(_routing_decode_kernel)
+def _routing_decode_traffic(launch, constexprs, env):
+    """Each program: its tokens' whole rows (sum of squares), their slice again, its slice of its experts' router
+    rows; partial logits out and back in; t, the logits and the routing outputs."""
+    a = launch.args
+    T, H, E = a["n_tokens"], a["H"], a["n_experts"]
+    e_blocks, t_blocks, splits = triton.cdiv(E, a["BLOCK_E"]), triton.cdiv(T, a["BLOCK_T"]), a["H_SPLITS"]
+    rows = e_blocks * (splits + 1) * T * H * a["x_ptr"].element_size()
+    partial = 2 * splits * T * E * 4
+    out = tensor_bytes(a["t_ptr"]) + tensor_bytes(a["logits_ptr"]) + T * a["K"] * 16 + E * 8
+    return Traffic(read=rows + t_blocks * tensor_bytes(a["w_ptr"]) + partial // 2, written=out + partial // 2,
+                   loop_trips=e_blocks * t_blocks * splits * triton.cdiv(a["h_split"], a["BLOCK_H"]))

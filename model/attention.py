@@ -4,7 +4,8 @@ TritonAttentionBlock: x + out(attention(rope(qkv(norm(x))))), with a TritonKVCac
 position, sliding layers a ring buffer of the window). Entry points:
   prefill(x [N, H], cos, sin, cu_seqlens, max_seqlen, cache, positions): packed variable-length prompts,
       each continuing after its cache.lengths[b] cached positions (chunked prefill);
-  decode(x [B, H], cos, sin, cache): one new token per sequence, at position cache.lengths[b];
+  decode(x [M, H], cos, sin, cache, slots, active): one new token per row, row i continuing cache row slots[i]
+      at position cache.lengths[slots[i]] (three launches: decode_qkv, decode_attention, linear);
   forward(x [B, T, H], cos, sin, cache): equal-length batch, the reference block's signature.
 cos, sin [P, D/2] is the fp32 table for positions 0..P-1 (rope_table), computed once for the model.
 None of them advances cache.lengths: the model does, once per step after the last layer (cache.advance).
@@ -13,7 +14,9 @@ import torch
 
 from ..kernels.attention import attention
 from ..kernels.decode_attention import decode_attention
+from ..kernels.decode_qkv import decode_qkv
 from ..kernels.kv_cache_write import kv_cache_write
+from ..kernels.linear import linear
 from ..kernels.reference import rope_cos_sin, yarn_inv_freq
 from ..kernels.rmsnorm import add_rmsnorm, rmsnorm
 from ..kernels.rope import rope
@@ -82,15 +85,21 @@ class TritonAttentionBlock(AttentionBlock):
             kv_cache_write(k, v, k_cache, v_cache, cu_seqlens, lengths, max_seqlen)
         return self.parallel.add_reduce(x, self.out(o.view(x.shape[0], -1)))
 
-    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TritonKVCache) -> torch.Tensor:
-        """x [B, H], one token per sequence at position cache.lengths[b] -> [B, H]; its k, v enter the cache."""
-        B = x.shape[0]
-        q, k, v = self._qkv(x)
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TritonKVCache,
+               slots: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """x [M, H]: row i is the new token of cache row slots[i] [M] int32, at position cache.lengths[slots[i]]
+        -> x + out(attention) [M, H]; its k, v enter the cache where active[i] [M] int32 is nonzero. On a
+        tensor-parallel rank other than the first the projection leaves out the residual and the out bias (rank 0
+        adds them), and the ranks' shares are summed."""
+        residual = self.parallel.residual(x) is not None
+        M = x.shape[0]
         k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
-        positions = cache.lengths[:B]
-        rope(q, k, cos, sin, positions, v, k_cache, v_cache)
-        o = decode_attention(q, k_cache, v_cache, self.sinks, positions, self.sm_scale, self.sliding_window)
-        return self.parallel.add_reduce(x, self.out(o.view(B, -1)))
+        q = decode_qkv(x, self.qkv.weight, self.qkv.bias, self.norm.scale, self.norm.eps, cos, sin, k_cache,
+                       v_cache, cache.lengths, slots, active)
+        o = decode_attention(q, k_cache, v_cache, self.sinks, cache.lengths, self.sm_scale, self.sliding_window,
+                             slots=slots)
+        return self.parallel.all_reduce_(linear(o.view(M, -1), self.out.weight, self.out.bias if residual else None,
+                                                x if residual else None))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: TritonKVCache | None = None) -> torch.Tensor:
@@ -98,6 +107,6 @@ class TritonAttentionBlock(AttentionBlock):
         Unlike the reference's, cos/sin are indexed by absolute position; with no cache both read rows 0..T-1."""
         B, T, H = x.shape
         if cache is not None and T == 1:
-            return self.decode(x.view(B, H), cos, sin, cache).view(B, T, H)
+            return self.decode(x.view(B, H), cos, sin, cache, cache.rows[:B], cache.rows_active[:B]).view(B, T, H)
         cu_seqlens = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=x.device)
         return self.prefill(x.reshape(B * T, H), cos, sin, cu_seqlens, T, cache).view(B, T, H)

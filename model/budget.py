@@ -95,6 +95,27 @@ def max_batch(config: GptOssConfig, context: int, memory_bytes: int, **kw) -> in
     return lo
 
 
+def max_context(config: GptOssConfig, batch: int, memory_bytes: float, **kw) -> int:
+    """The longest context (positions per sequence) whose budget at `batch` fits in `memory_bytes` (0 if none)."""
+    lo, hi = 0, config.max_context + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if memory_budget(config, batch, mid, **kw).total <= memory_bytes else (lo, mid)
+    return lo
+
+
+# Consumer cards: "16 GB" and "24 GB" are GiB (RTX 4060 Ti / 4080 / 5070 Ti: 16 GiB; RTX 3090 / 4090: 24 GiB).
+# CARD_RESERVE: what the process cannot use for tensors (CUDA context with Triton's and cuBLAS's modules, the
+# allocator's rounding), assumed 1 GiB; a display attached to the card takes more.
+CARD_RESERVE = 1 << 30
+CARDS = {"16 GB": 16 << 30, "24 GB": 24 << 30}
+
+
+def card_contexts(config: GptOssConfig, batches=(1, 4)) -> dict:
+    """{(card, batch): the longest context that fits} for the consumer cards in CARDS."""
+    return {(card, b): max_context(config, b, size - CARD_RESERVE) for card, size in CARDS.items() for b in batches}
+
+
 def free_bytes(device) -> int | None:
     """Memory a new allocation on `device` can still get: the GPU's free memory plus what torch's caching
     allocator holds unused. None off CUDA (no limit is checked there)."""

@@ -1,6 +1,7 @@
 """The `gpt-oss-triton` command: generate text, chat, benchmark, serve an OpenAI-compatible API, or write a
 synthetic checkpoint."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-len", type=_positive_int, default=1024, help="prompt tokens per sequence")
     b.add_argument("--new-tokens", type=_at_least_2, default=64, help="tokens generated per sequence")
     b.add_argument("--json", type=Path, default=None, help="also write the results (and the environment) here")
+    b.add_argument("--static", action="store_true",
+                   help="model the decode step from its compiled machine code instead (no GPU needed; --model: a "
+                        "preset, default both real ones; --prompt-len: the context)")
 
     s = add("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
     _add_model_args(s)
@@ -287,6 +291,12 @@ def cmd_chat(args) -> int:
 def cmd_bench(args) -> int:
     import json
     import platform
+
+    if args.static:
+        from .static_model import main as static_main
+        models = [args.model] if args.model else ["gpt-oss-20b", "gpt-oss-120b"]
+        return static_main(["--models", *models, "--batch", *map(str, args.batch), "--context", str(args.prompt_len),
+                            "--workers", str(os.cpu_count() or 1)] + (["--json", str(args.json)] if args.json else []))
 
     from .runtime.benchmark import bench_generation
     from .budget import memory_budget

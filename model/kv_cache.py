@@ -5,6 +5,8 @@ full-attention layers have L = max_len (nothing wraps), sliding layers a ring bu
 slots, so their memory does not grow with the context. `lengths` [B] int32 lives on the device: the number
 of positions each sequence has cached, read by the kernels without a host sync (CUDA-graph friendly).
 All layers share `lengths`: the model advances it once per step, after the last layer.
+Beside them, fixed device buffers for a decode step of every row: `rows` (0..B-1 as int32 slot ids) and
+`rows_active` (ones).
 """
 import torch
 
@@ -24,6 +26,8 @@ class TritonKVCache:
             self.k.append(torch.zeros(shape, dtype=dtype, device=device))
             self.v.append(torch.zeros(shape, dtype=dtype, device=device))
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.rows = torch.arange(batch_size, dtype=torch.int32, device=device)
+        self.rows_active = torch.ones(batch_size, dtype=torch.int32, device=device)
 
     def advance(self, n_new: torch.Tensor | int) -> None:
         """lengths += n_new (an int, or [B] int32 new tokens per sequence), in place on the device."""

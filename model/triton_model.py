@@ -1,16 +1,18 @@
 """The Triton backend: the whole gpt-oss graph on our kernels, with the reference's parameters and state_dict.
 
 `TritonGptOss` is `GptOss` with Triton blocks (attention: rmsnorm, rope + cache write, banded/full flash
-attention or flash-decoding; MoE: fused routing, MXFP4 grouped GEMMs with swiglu and the weighted combine
-+ residual in their epilogues), a Triton final norm, the KV cache of `TritonKVCache` (sliding layers keep
-a ring of the window) and a RoPE table computed once. `forward_packed` serves the engine: a step whose
-rows each take at most one token runs `decode_step`, the decode kernels over every cache row (no host sync,
-shapes fixed by the batch: what `DecodeGraph` captures in a CUDA graph); any other step runs packed
-variable-length prefill.
+attention for prefill; at decode decode_qkv, flash-decoding and the out-projection with bias and residual in
+its epilogue; MoE: fused routing, MXFP4 grouped GEMMs with swiglu and the weighted combine + residual in their
+epilogues), a Triton final norm (at decode the unembedding's prologue), the KV cache of `TritonKVCache` (sliding
+layers keep a ring of the window) and a RoPE table computed once. `forward_packed` serves the engine: a step whose
+rows each take at most one token runs `decode_step` on those rows (no host sync, shapes fixed by the row count:
+what `DecodeGraph` captures in a CUDA graph per bucket of rows); any other step runs packed variable-length
+prefill.
 """
 import torch
 from torch import nn
 
+from ..kernels.linear import linear
 from .attention import TritonAttentionBlock, TritonRMSNorm, prefill_positions, rope_table
 from .gpt_oss import GptOss, OptionError
 from .kv_cache import TritonKVCache
@@ -64,20 +66,27 @@ class TritonGptOss(GptOss):
             cache.advance(tokens.shape[1])
         return self.unembedding(self.norm(x))
 
-    def decode_step(self, tokens: torch.Tensor, active: torch.Tensor, cache: TritonKVCache) -> torch.Tensor:
-        """One token per cache row: tokens [B] at positions cache.lengths[b] -> logits [B, V]; then
-        cache.lengths += active [B] int32 (1: the row takes its token, 0: it stays where it is).
+    def decode_step(self, tokens: torch.Tensor, active: torch.Tensor, cache: TritonKVCache,
+                    slots: torch.Tensor | None = None) -> torch.Tensor:
+        """One new token per row: tokens [M] continue cache rows slots [M] int32 (default: row i is cache row i)
+        at positions cache.lengths[slots] -> logits [M, V] fp32; then cache.lengths[slots[i]] += active[i] [M]
+        int32 (1: the row takes its token; 0: it stays where it is and its k, v are not stored).
 
-        Every row runs, so the launch shapes depend on B alone and nothing asks the host for a value: this is
-        the body a CUDA graph captures (`DecodeGraph`). An inactive row rewrites its own next slot, which
-        nothing reads before the row's next real token writes it again (the engine resets a row before reuse).
+        Nothing asks the host for a value and the launch shapes depend on M alone: this is the body a CUDA graph
+        captures (`DecodeGraph`, one graph per bucket of M). A row with active 0 is computed but leaves no trace:
+        a bucket's padding rows copy a real row (same slot and token), so they read no other KV and route to no
+        other experts. Per layer: decode_qkv, decode_attention and linear (the attention block), then the MoE
+        block; the final norm is the unembedding's prologue.
         """
+        if slots is None:
+            slots = cache.rows[:tokens.shape[0]]
         cos, sin = self.rope_tables()
         x = self.embedding(tokens)
         for block in self.block:
-            x = block.mlp(block.attn.decode(x, cos, sin, cache))
-        logits = self.unembedding(self.norm(x))
-        cache.advance(active)
+            x = block.mlp(block.attn.decode(x, cos, sin, cache, slots, active))
+        logits = self.parallel.all_gather_last(linear(x, self.unembedding.weight, norm_scale=self.norm.scale,
+                                                      eps=self.norm.eps, out_dtype=torch.float32))
+        cache.lengths.index_add_(0, slots, active)
         return logits
 
     def forward_packed(self, tokens: torch.Tensor, n_new: list[int], cache: TritonKVCache) -> torch.Tensor:
@@ -88,12 +97,12 @@ class TritonGptOss(GptOss):
             raise ValueError(f"n_new {n_new} must have one entry per cache row ({B}) and sum to the "
                              f"{tokens.numel()} packed tokens")
         device = tokens.device
+        if max(n_new) <= 1:  # decode only: the rows that take a token, compacted (slot ids built on the host)
+            slots = torch.tensor([b for b, n in enumerate(n_new) if n], dtype=torch.int32, device=device)
+            logits = self.decode_step(tokens, torch.ones_like(slots), cache, slots)
+            return torch.zeros(B, logits.shape[1], dtype=logits.dtype, device=device).index_copy_(0, slots.long(),
+                                                                                                  logits)
         counts = torch.tensor(n_new, dtype=torch.int32, device=device)
-        if max(n_new) <= 1:
-            # Scatter by an index built on the host: a boolean mask would sync to count its True entries.
-            active = torch.tensor([b for b, n in enumerate(n_new) if n], dtype=torch.long, device=device)
-            rows = torch.zeros(B, dtype=tokens.dtype, device=device).index_copy_(0, active, tokens)
-            return self.decode_step(rows, counts, cache)
         cos, sin = self.rope_tables()
         cu_seqlens = torch.zeros(B + 1, dtype=torch.int32, device=device)
         cu_seqlens[1:] = torch.cumsum(counts, 0)

@@ -28,14 +28,19 @@ torch.set_num_threads(1)
 
 
 class Recorder:
-    """Wraps an engine's sampler to keep the logits of the rows it samples, step by step."""
+    """Wraps an engine's sampler to keep the logits of the rows it samples, step by step: those of its calls
+    and of the draws inside the decode graph (the real rows of the bucket, not its padding)."""
 
     def __init__(self, sampler):
         self.sampler, self.logits = sampler, []
 
-    def __call__(self, logits, rows, *args):
-        self.logits.append(logits.index_select(0, rows).float().clone())
-        return self.sampler(logits, rows, *args)
+    def __call__(self, logits, rows, slots, allowed=None, compact=False):
+        self.logits.append((logits if compact else logits.index_select(0, rows)).float().clone())
+        return self.sampler(logits, rows, slots, allowed, compact)
+
+    def draw(self, logits, slots, advance, plan):
+        self.logits.append(logits[advance.bool()].float().clone())
+        return self.sampler.draw(logits, slots, advance, plan)
 
     def __getattr__(self, name):
         return getattr(self.sampler, name)
@@ -45,9 +50,40 @@ def run_engine(model, requests, max_batch: int, max_len: int):
     """Token lists of `requests` [(prompt, SamplingParams)] run together, and the sampled logits per step."""
     engine = Engine(model, max_batch=max_batch, max_len=max_len)
     engine.sampler = Recorder(engine.sampler)
+    if engine.decoder is not None:
+        engine.decoder.sampler = engine.sampler
     reqs = [engine.submit(p, params) for p, params in requests]
     engine.run(reqs)
     return [r.tokens for r in reqs], engine.sampler.logits
+
+
+def check_bf16_forward(par, ref, path, rank):
+    """bf16: the ranks' partial sums round apart from one process's, and on this random tiny model a router
+    near-tie then moves a row by up to ~1 logit, so the split model is held to the official precision plan
+    instead: on a prompt, its distance from the fp32 reference is within twice one process's (+0.02)."""
+    tokens = torch.tensor([list(b"Hi!! How are you?")], device=par.embedding.weight.device)
+    got = par(tokens)[0].float().cpu()
+    if rank == 0:
+        fp32 = GptOss.from_pretrained(path, backend="torch", dtype=torch.float32, device="cpu")
+        exact = fp32(tokens.cpu())[0]
+        ours, one = (got - exact).abs().mean(), (ref(tokens)[0].float().cpu() - exact).abs().mean()
+        assert ours <= 2 * one + 0.02, f"{ours:.3g} from fp32, one process {one:.3g}"
+        print(f"ok: bf16 forward {ours:.3g} from fp32 (one process {one:.3g})", flush=True)
+
+
+def check_bf16_steps(got, want, got_logits, want_logits):
+    """bf16 through the engine: each step's logits within the bounds of two roundings with router flips; the
+    tokens agree, except where the reference's best two logits are closer than the step's largest difference,
+    after which the two runs continue from different tokens and are compared no further."""
+    for step, (a, b) in enumerate(zip(got_logits, want_logits)):
+        diff = (a - b).abs()
+        assert diff.mean() < 0.3 and diff.max() < 1.5, f"step {step}: {diff.mean():.3g} {diff.max():.3g}"
+        if not torch.equal(a.argmax(-1), b.argmax(-1)):
+            top2 = b.topk(2, dim=-1).values
+            margin = (top2[:, 0] - top2[:, 1]).min()
+            assert margin < 2 * diff.max(), f"step {step}: tokens differ at a margin of {margin:.3g} logits"
+            return
+    assert got == want, f"tokens differ: {got} vs {want}"
 
 
 def check_forward(par, ref, rank, what):
@@ -109,6 +145,7 @@ def main():
                 # three requests over two slots: the third reuses a freed slot (its reset reaches the followers)
                 ([(list(b"one"), greedy), (list(b"a longer second prompt"), seeded), (list(b"3"), greedy)], 2, 48)]
     elif where == "cpu":  # the interpreter: a prefill and two decode steps
+        check_bf16_forward(par, ref, path, rank)
         runs = [([(list(b"Hi!!"), SamplingParams(max_new_tokens=3, temperature=0.0))], 1, 8)]
     else:
         greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
@@ -121,13 +158,12 @@ def main():
         for requests, max_batch, max_len in runs:
             got, got_logits = run_engine(leader, requests, max_batch, max_len)
             want, want_logits = run_engine(ref, requests, max_batch, max_len)
-            assert got == want, f"tokens differ: {got} vs {want}"
-            for step, (a, b) in enumerate(zip(got_logits, want_logits)):
-                if backend == "torch":
+            if backend == "torch":
+                assert got == want, f"tokens differ: {got} vs {want}"
+                for step, (a, b) in enumerate(zip(got_logits, want_logits)):
                     assert_close(a, b, name=f"engine step {step}")
-                else:  # two bf16 roundings of the same sums (tests/test_triton_model.py's bounds)
-                    diff = (a - b).abs()
-                    assert diff.mean() < 0.1 and diff.max() < 1.5, f"step {step}: {diff.mean():.3g} {diff.max():.3g}"
+            else:
+                check_bf16_steps(got, want, got_logits, want_logits)
             print(f"ok: engine, {len(requests)} request(s) over {max_batch} slot(s): tokens {got}", flush=True)
         status = 0
     finally:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gpt_oss_triton.model import PRESETS
-from gpt_oss_triton.model.budget import check_fits, free_bytes, max_batch, memory_budget, weight_bytes
+from gpt_oss_triton.model.budget import (CARD_RESERVE, CARDS, card_contexts, check_fits, free_bytes, max_batch,
+                                        max_context, memory_budget, weight_bytes)
 from gpt_oss_triton.model.params import count_parameters
 from gpt_oss_triton.model.reference import Transformer
 
@@ -45,6 +46,19 @@ def test_the_models_fit_their_gpus():
     assert max_batch(PRESETS["gpt-oss-120b"], 131072, 80e9) >= 2
     assert max_batch(PRESETS["gpt-oss-120b"], 131072, 60e9) == 0
     assert "weights 65.25 GB" in str(b120)
+
+
+def test_which_context_fits_a_consumer_card():
+    """20b on 16 and 24 GB cards (README): batch 1 at 81,846 positions on 16 GB, the whole 131,072 on 24 GB; each
+    figure is the edge of the budget (one position more does not fit)."""
+    config = PRESETS["gpt-oss-20b"]
+    fits = card_contexts(config)
+    assert fits == {("16 GB", 1): 81846, ("16 GB", 4): 20337, ("24 GB", 1): 131072, ("24 GB", 4): 107718}
+    for (card, batch), context in fits.items():
+        room = CARDS[card] - CARD_RESERVE
+        assert memory_budget(config, batch, context).total <= room
+        assert context == config.max_context or memory_budget(config, batch, context + 1).total > room
+    assert max_context(config, 1, weight_bytes(config)) == 0
 
 
 def test_limits():

@@ -78,3 +78,44 @@ def test_errors_name_the_problem():
         mxfp4_dequantize(torch.zeros(2, 16), torch.zeros(2, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"scales shape \[3\]"):
         mxfp4_dequantize(torch.zeros(2, 16, dtype=torch.uint8), torch.zeros(3, dtype=torch.uint8))
+
+
+def test_repack_is_a_bit_exact_permutation():
+    from gpt_oss_triton.kernels.mxfp4 import mxfp4_repack, mxfp4_unrepack
+    g = torch.Generator().manual_seed(3)
+    blocks = torch.randint(0, 256, (3, 48, 5, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(0, 256, (3, 48, 5), generator=g, dtype=torch.uint8)
+    rb, rs = mxfp4_repack(blocks, scales)
+    assert rb.shape == blocks.shape and rs.shape == scales.shape and rb.dtype == rs.dtype == torch.uint8
+    assert not torch.equal(rb, blocks)
+    b2, s2 = mxfp4_unrepack(rb, rs)
+    assert torch.equal(b2, blocks) and torch.equal(s2, scales)
+    # the same bytes: per 16-bit pair a permutation of bits, and the scales a permutation of positions
+    pairs = lambda b: b.view(-1, 2).to(torch.int32)
+    popcount = lambda v: sum((v >> i) & 1 for i in range(8))
+    assert torch.equal(popcount(pairs(rb)).sum(1), popcount(pairs(blocks)).sum(1))
+    assert torch.equal(rs.flatten().sort().values, scales.flatten().sort().values)
+    # scales of rows 16t..16t+15 for one group: 16 contiguous bytes, row 16t + 8 rh + r at 2 r + rh
+    t, g, r, rh = 1, 2, 3, 1
+    assert rs[0].flatten()[(t * 5 + g) * 16 + 2 * r + rh] == scales[0, 16 * t + 8 * rh + r, g]
+
+
+def test_repack_places_each_codes_bits():
+    from gpt_oss_triton.kernels.mxfp4 import REPACK_MAG, REPACK_SIGN, mxfp4_repack
+    blocks = torch.zeros(1, 16, 1, 16, dtype=torch.uint8)
+    blocks[0, 0, 0, 0], blocks[0, 0, 0, 1] = 0x9A, 0x3F  # codes 0xA, 0x9, 0xF, 0x3 (low nibble first)
+    rb, _ = mxfp4_repack(blocks, torch.zeros(1, 16, 1, dtype=torch.uint8))
+    v = int(rb[0, 0, 0, 0]) | (int(rb[0, 0, 0, 1]) << 8)
+    for j, code in enumerate((0xA, 0x9, 0xF, 0x3)):
+        assert (v >> REPACK_MAG[j]) & 7 == code & 7 and (v >> REPACK_SIGN[j]) & 1 == code >> 3
+
+
+def test_k_permutation_round_trip_and_positions():
+    from gpt_oss_triton.kernels.mxfp4 import permute_k, unpermute_k
+    x = torch.arange(160, dtype=torch.float32).view(1, 160)
+    p = permute_k(x)
+    assert p.shape == (1, 192) and int((p == 0).sum()) == 1 + 32  # x[0] and the padding
+    assert torch.equal(unpermute_k(p, 160), x)
+    for q, g, b, j in ((0, 0, 0, 0), (3, 1, 1, 3), (2, 0, 1, 1)):
+        k = 64 + 16 * q + 8 * g + 4 * b + j
+        assert p[0, 64 + 32 * g + 8 * j + 2 * q + b] == k

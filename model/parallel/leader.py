@@ -7,9 +7,10 @@ step on their shares, so the collectives inside the step meet. What travels:
   GPU, and waits for it without a timeout however long rank 0 is idle (a server between requests). It names
   the op, the cache, and the slots rank 0's engine reset since the last step (the row layout);
 - a prefill step's tokens, broadcast on the model's group beside the header's per-row counts;
-- a decode step's tokens and active rows: broadcast from rank 0's decode buffers at the start of the step
-  itself (`ParallelDecodeGraph`), so on a GPU the broadcast is inside each rank's CUDA graph and rank 0's
-  sampled tokens reach the followers without leaving the device.
+- a decode step's rows: their slots in the header (every rank writes its bucket's buffers from them), their
+  tokens broadcast from rank 0's token buffer at the start of the step itself (`ParallelDecodeGraph`), so on a
+  GPU the broadcast is inside each rank's CUDA graph and rank 0's sampled tokens reach the followers without
+  leaving the device. The followers' graphs end at the logits (rank 0 alone draws).
 A step that fails on rank 0 or a follower leaves the ranks out of step: the rank prints what failed and exits
 (`fatal`), and the others stop when their next collective fails or the watchdog sees it gone.
 """
@@ -91,26 +92,37 @@ def _check_memory(control: Control, model, batch: int, max_len: int) -> bool:
 
 
 class ParallelDecodeGraph(DecodeGraph):
-    """A DecodeGraph whose step starts by broadcasting rank 0's input tokens and active rows into every rank's
-    buffers (in the captured graph on a GPU). On rank 0 `leader` announces each call to the followers."""
+    """A DecodeGraph whose step starts by broadcasting rank 0's input tokens into every rank's token buffer (in
+    the captured graph on a GPU). On rank 0 `leader` announces each call, with its rows and the graph it
+    replays, to the followers; a follower keys its graphs by rank 0's, so that every rank records (warm-up
+    steps with their collectives, then capture) at the same steps."""
 
-    def __init__(self, model, cache, capture: bool | None = None, leader: "Leader | None" = None,
+    def __init__(self, model, cache, sampler=None, capture: bool | None = None, leader: "Leader | None" = None,
                  cache_id: int = 0):
-        super().__init__(model, cache, capture)
+        super().__init__(model, cache, sampler, capture)
         self._leader, self._cache_id = leader, cache_id
+        self._variant = 0
 
-    def __call__(self):
+    def __call__(self, slots: list[int], draw: bool = True, variant: int = 0):
+        """On rank 0: the step, announced. On a follower: rank 0's step `variant`, without the draw."""
         if self._leader is None:
-            return super().__call__()
-        with self._leader.step(DECODE, self._cache_id, a=int(self.capture)):
-            return super().__call__()
+            self._variant = variant
+            return super().__call__(slots, draw=False)
+        plan = self.sampler.plan(slots) if draw else None
+        with self._leader.step(DECODE, self._cache_id, a=int(self.capture), b=_variant(plan), extra=slots):
+            return super().__call__(slots, draw)
 
-    def _step(self):
-        B = self.tokens.shape[0]
-        inputs = self.model.parallel.broadcast_(torch.cat([self.tokens, self.active.long()]))
-        self.tokens.copy_(inputs[:B])
-        self.active.copy_(inputs[B:])
-        return super()._step()
+    def _key(self, size: int, plan) -> tuple:
+        return size, self._variant if self._leader is None else _variant(plan)
+
+    def _step(self, bucket, plan):
+        self.model.parallel.broadcast_(self.tokens)
+        return super()._step(bucket, plan)
+
+
+def _variant(plan) -> int:
+    """A decode step's draw plan as an int for the header: 0 none (the logits), 1 + sampled + 2 filtered."""
+    return 0 if plan is None else 1 + plan.sampled + 2 * plan.filtered
 
 
 class LeaderCache:
@@ -170,8 +182,8 @@ class Leader:
             self.model.parallel.broadcast_(tokens)
             return self.model.forward_packed(tokens, n_new, cache.inner)
 
-    def decode_graph(self, cache: LeaderCache, capture: bool | None = None) -> ParallelDecodeGraph:
-        return ParallelDecodeGraph(self.model, cache.inner, capture, leader=self, cache_id=cache.id)
+    def decode_graph(self, cache: LeaderCache, sampler, capture: bool | None = None) -> ParallelDecodeGraph:
+        return ParallelDecodeGraph(self.model, cache.inner, sampler, capture, leader=self, cache_id=cache.id)
 
 
 def follow(model, control: Control) -> int:
@@ -203,9 +215,9 @@ def follow(model, control: Control) -> int:
                     model.forward_packed(tokens, extra, cache)
             elif op == DECODE:
                 if cache_id not in decoders:
-                    decoders[cache_id] = ParallelDecodeGraph(model, cache, bool(a))
+                    decoders[cache_id] = ParallelDecodeGraph(model, cache, capture=bool(a))
                 with torch.inference_mode():
-                    decoders[cache_id]()
+                    decoders[cache_id](extra, variant=b)
             else:
                 raise ValueError(f"unknown step {op} from rank 0")
         except Exception as e:

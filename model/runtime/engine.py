@@ -7,10 +7,11 @@ that), samples each request's next token with its own parameters and seed (all r
 and frees the slots of finished ones. So requests that arrive together decode together, a new one joins
 at the next step and a finished or cancelled one leaves. The model provides `new_cache(batch, max_len)`
 (with `reset(slot)`) and `forward_packed(tokens, n_new, cache)`; the engine knows nothing else of it, except
-that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: on a
-GPU one CUDA-graph replay per step, its inputs written on the device (the sampled tokens go straight into the
-graph's token buffer), so a steady decode step copies nothing from the host and syncs once, to stream; with
-the lookahead the next step is already queued by then, so that sync does not leave the GPU idle.
+that a model with `decode_step` (the Triton backend) runs its decode-only steps through a `DecodeGraph`: only the
+running rows, compacted into the graph of their bucket of rows, and on a GPU one CUDA-graph replay per step that
+also samples the next tokens into the graph's own token buffer, so a steady decode step copies nothing from the
+host and syncs once, to stream; with the lookahead the next step is already queued by then, so that sync does
+not leave the GPU idle.
 """
 import itertools
 import secrets
@@ -142,18 +143,19 @@ class Engine:
         self.cache = model.new_cache(max_batch, max_len)
         if cuda_graph and not hasattr(model, "decode_step"):
             raise ValueError(f"cuda_graph=True needs a model with decode_step (the triton backend), not {model.backend}")
-        # A tensor-parallel leader (model/parallel/leader.py) makes a decode graph whose steps every rank runs.
-        make_decoder = getattr(model, "decode_graph", None) or (lambda cache, capture: DecodeGraph(model, cache, capture))
-        self.decoder = make_decoder(self.cache, cuda_graph) if hasattr(model, "decode_step") else None
-        self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
-        self._launched: _Launched | None = None
         if unpenalized is None:
             unpenalized = getattr(getattr(model, "tokenizer", None), "special_ids", ())
         self.sampler = SlotSampler(max_batch, self.device, model.config.vocab_size, exempt=unpenalized)
+        # A tensor-parallel leader (model/parallel/leader.py) makes a decode graph whose steps every rank runs.
+        make_decoder = getattr(model, "decode_graph", None) or (
+            lambda cache, sampler, capture: DecodeGraph(model, cache, sampler, capture))
+        self.decoder = make_decoder(self.cache, self.sampler, cuda_graph) if hasattr(model, "decode_step") else None
+        self.lookahead = (self.device.type == "cuda" if lookahead is None else lookahead) and self.decoder is not None
+        self._launched: _Launched | None = None
+        self._readback: list | None = None  # pinned host buffers and events the decode steps' tokens come back by
         self._masks = torch.empty(max_batch, (model.config.vocab_size + 31) // 32, dtype=torch.int32,
                                   pin_memory=self.device.type == "cuda")  # constrained rows' allowed ids, as bits
         self._index_cache: dict[tuple, torch.Tensor] = {}
-        self._active_rows: tuple | None = None
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
         self.steps = 0  # forward passes run: fewer than the tokens made when requests share steps
@@ -238,21 +240,33 @@ class Engine:
         return rows if rows and all(req.tokens for _, req in rows) else None
 
     def _launch_decode(self, rows: list[tuple[int, Request]]) -> "_Launched":
-        """Queue a decode step of `rows` and the sampling of their next tokens; nothing waits for the device.
-        Their inputs are already in the graph's token buffer (written when they were sampled)."""
-        logits = self._decode([b for b, _ in rows])
-        index = self._index(tuple(b for b, _ in rows))
-        nxt = self._sample(logits, index, rows)
-        self.decoder.tokens.index_copy_(0, index, nxt.tokens)
+        """Queue a decode step of `rows` with the sampling of their next tokens (one graph replay on a GPU, the draw
+        inside it unless a row needs the sampler's call: a constraint, logit bias, penalties or logprobs); nothing
+        waits for the device. Their inputs are already in the graph's token buffer (written when they were sampled)."""
+        slots = [b for b, _ in rows]
+        if self.sampler.plan(slots) is not None and all(req.constraint is None for _, req in rows):
+            nxt = Sampled(self.decoder(slots))
+        else:
+            index = self._index(tuple(slots))
+            nxt = self._sample(self.decoder(slots, draw=False), index, rows, compact=True)
+            self.decoder.tokens.index_copy_(0, index, nxt.tokens)
         self.steps += 1
         if not nxt.tokens.is_cuda:
             return _Launched(rows, nxt, None)
-        host = nxt.to_host()
-        done = torch.cuda.Event()
+        if nxt.logprob is not None:
+            host, done = nxt.to_host(), torch.cuda.Event()
+        else:
+            if self._readback is None:  # at most two steps are in flight (one with the lookahead): two buffers
+                self._readback = [(torch.empty(len(self.slots), dtype=torch.long, pin_memory=True),
+                                   torch.cuda.Event()) for _ in range(2)]
+            tokens, done = self._readback[0]
+            self._readback.reverse()  # the other buffer for the next step, while this one's tokens may be unread
+            host = Sampled(tokens[:len(rows)].copy_(nxt.tokens, non_blocking=True))
         done.record()
         return _Launched(rows, host, done)
 
-    def _sample(self, logits: torch.Tensor, index: torch.Tensor, rows: list[tuple[int, Request]]) -> Sampled:
+    def _sample(self, logits: torch.Tensor, index: torch.Tensor, rows: list[tuple[int, Request]],
+                compact: bool = False) -> Sampled:
         """The next tokens of `rows` ((slot, request) pairs; `index` their slots on the device). Constrained
         rows' masks are computed on the host meanwhile: the forward that makes `logits` is already queued."""
         constraints = [req.constraint for _, req in rows]
@@ -260,7 +274,7 @@ class Engine:
         if any(c is not None for c in constraints):
             allowed = self._masks[:len(rows)]
             fill_masks(constraints, allowed)
-        return self.sampler(logits, index, [b for b, _ in rows], allowed)
+        return self.sampler(logits, index, [b for b, _ in rows], allowed, compact)
 
     @staticmethod
     def _produced(rows: list[tuple[int, Request]], sampled: Sampled) -> list[tuple[Request, int]]:
@@ -301,18 +315,6 @@ class Engine:
                 req.on_token(req, token)
                 if req.finished:
                     req.on_token(req, None)
-
-    def _decode(self, rows: list[int]) -> torch.Tensor:
-        """A decode-only step of the given rows through the DecodeGraph; its token buffer already holds each
-        row's last token (written when it was sampled). `active` changes only when the set of rows does."""
-        rows = tuple(rows)
-        if rows != self._active_rows:
-            mask = [0] * len(self.slots)
-            for b in rows:
-                mask[b] = 1
-            self.decoder.active.copy_(torch.tensor(mask, dtype=torch.int32))
-            self._active_rows = rows
-        return self.decoder()
 
     def _index(self, rows: tuple) -> torch.Tensor:
         """rows as a device index, copied from the host once per distinct set of rows."""

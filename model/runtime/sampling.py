@@ -130,7 +130,7 @@ def draw_tokens(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Te
         top_p = top_p if top_p is not None else torch.ones(R, dtype=torch.float32, device=logits.device)
         logits = filter_logits(logits.float() / torch.where(temperature > 0, temperature, 1.0)[:, None], top_k, top_p)
         temperature = (temperature > 0).float()  # tempered already: greedy rows stay greedy
-    if logits.is_cuda or interpreting():
+    if logits.device.type in ("cuda", "meta") or interpreting():  # meta: the static model records the GPU path
         return sample_tokens(logits.contiguous(), temperature, seeds, draws)
     return _sample_tokens_torch(logits, temperature, seeds, draws)
 
@@ -146,6 +146,16 @@ def sample(logits: torch.Tensor, params: SamplingParams, seed: int = 0, draws: t
     return draw_tokens(logits, full(params.temperature, torch.float32), full(seed, torch.int64), draws,
                        full(params.top_k, torch.int64) if params.filtered else None,
                        full(params.top_p, torch.float32) if params.filtered else None)
+
+
+@dataclass(frozen=True)
+class DrawPlan:
+    """What a step's draw must do for its rows, known on the host from their parameters: the decode graphs are
+    keyed by it, so rows that need less never pay for more. sampled: some row has temperature > 0 (else argmax);
+    filtered: some sampled row has top-k or top-p."""
+
+    sampled: bool = False
+    filtered: bool = False
 
 
 class TokenLogprobs(NamedTuple):
@@ -224,7 +234,11 @@ class SlotSampler:
     `assign` sets a slot's row when a request takes it; a call draws the ready rows' tokens (under their
     constraints' masks, when given), advances their draw counters and counts on the device, and returns their
     logprobs when some row asked. Ids in `exempt` (the chat format's control tokens) are never counted, so
-    penalties never push the model off its format."""
+    penalties never push the model off its format.
+
+    `draw` is the part the decode graph captures: rows whose `plan` is not None (no logit bias, penalty or
+    logprobs) are drawn from their slots' state on the device with no host sync, inside the graph; the graph
+    of a step keyed by its plan contains only the work its rows need. Other rows are drawn by a call, outside."""
 
     def __init__(self, n_slots: int, device, vocab_size: int | None = None, exempt: Iterable[int] = ()):
         def zeros(dtype):
@@ -269,10 +283,34 @@ class SlotSampler:
             self._counts[slot].zero_()
         self.params[slot] = params
 
+    def plan(self, slots: list[int]) -> DrawPlan | None:
+        """The draw the decode graph can make for these slots' rows, or None if one needs the call's (a logit
+        bias, penalties or logprobs)."""
+        params = [self.params[b] for b in slots]
+        if any(p.logit_bias or p.penalized or p.logprobs is not None for p in params):
+            return None
+        sampled = [p for p in params if not p.greedy]
+        return DrawPlan(sampled=bool(sampled), filtered=any(p.filtered for p in sampled))
+
+    def draw(self, logits: torch.Tensor, slots: torch.Tensor, advance: torch.Tensor, plan: DrawPlan) -> torch.Tensor:
+        """logits [n, V] of slots [n] (device index) -> tokens [n] int64; draws[slots] += advance [n] int64."""
+        if plan.sampled:
+            tokens = draw_tokens(logits, self.temperature[slots], self.seed[slots], self.draws[slots],
+                                 self.top_k[slots] if plan.filtered else None,
+                                 self.top_p[slots] if plan.filtered else None)
+        else:
+            tokens = logits.argmax(dim=-1)
+        self.draws.index_add_(0, slots, advance)
+        return tokens
+
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, slots: list[int],
-                 allowed: torch.Tensor | None = None) -> Sampled:
+                 allowed: torch.Tensor | None = None, compact: bool = False) -> Sampled:
         """logits [B, V]; rows: the device index of `slots`; allowed: None, or the rows' constraint masks as
-        bits [len(slots), ceil(V / 32)] int32 (on any device; all ones for a free row) -> their draws."""
+        bits [len(slots), ceil(V / 32)] int32 (on any device; all ones for a free row) -> their draws.
+        compact: logits [len(slots), V] hold the slots' rows in order (a decode step's), not one row per slot."""
+        def pick(x):
+            return x if compact else x.index_select(0, rows)
+
         params = [self.params[b] for b in slots]
         biased = any(p.logit_bias for p in params)
         penalized = any(p.penalized for p in params)
@@ -281,13 +319,13 @@ class SlotSampler:
         out = Sampled(tokens=None)
         if not (biased or penalized or allowed is not None or top is not None):
             if all(p.greedy for p in params):  # argmax first: selects B tokens instead of copying B rows of logits
-                out.tokens = logits.argmax(dim=-1).index_select(0, rows)
+                out.tokens = pick(logits.argmax(dim=-1))
             else:
-                out.tokens = draw_tokens(logits.index_select(0, rows), self.temperature[rows], self.seed[rows],
+                out.tokens = draw_tokens(pick(logits), self.temperature[rows], self.seed[rows],
                                          self.draws[rows], self.top_k[rows] if filtered else None,
                                          self.top_p[rows] if filtered else None)
         else:
-            z = logits.index_select(0, rows).float()
+            z = pick(logits).float()
             if biased:
                 z += self._bias.index_select(0, rows)
             if penalized:

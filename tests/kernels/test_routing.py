@@ -123,3 +123,30 @@ def test_routing_many_tokens_gpu():
     gen = torch.Generator().manual_seed(11)
     t, w, b = random_router(50_000, 128, 2880, gen, "cuda")
     check_routing(routing(t, w, b, 4), t, w, b, 4)
+
+
+@pytest.mark.parametrize("T, E, H, K", [
+    (1, 32, 2880, 4),      # 20B at batch 1: 2 programs split the router
+    (1, 8, 96, 4),         # a hidden size with a half K chunk (t's permuted padding)
+    (17, 128, 64, 4),      # 120B's experts over 2 token blocks: 16 programs
+    (64, 24, 128, 1),      # the largest decode batch, E not a power of two
+])
+def test_routing_decode_is_norm_then_routing(T, E, H, K, device):
+    """routing_decode(x) == routing(rmsnorm(x)), t in the GEMMs' K order; in one launch."""
+    from gpt_oss_triton.kernels import arrival, launch_plan
+    from gpt_oss_triton.kernels.mxfp4 import permute_k
+    from gpt_oss_triton.kernels.reference import rmsnorm_ref
+    from gpt_oss_triton.kernels.routing import routing_decode
+    gen = torch.Generator().manual_seed(T + E)
+    x, w, b = random_router(T, E, H, gen, device)
+    x = x * 4
+    scale = (1 + 0.1 * torch.randn(H, generator=gen)).to(device)
+    t, r = routing_decode(x, scale, 1e-5, w, b, K)
+    t_ref = rmsnorm_ref(x, scale)
+    assert_close(t, permute_k(t_ref), name="t")
+    check_routing(r, t_ref, w, b, K)
+    assert (arrival.counters(x.device, 1) == 0).all()
+    args = [a.to("meta") for a in (x, scale)] + [1e-5] + [a.to("meta") for a in (w, b)] + [K]
+    with launch_plan.record() as launches:
+        routing_decode(*args)
+    assert [l.name for l in launches] == ["_routing_decode_kernel"]
