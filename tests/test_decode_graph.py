@@ -93,17 +93,16 @@ def test_capture_needs_a_cuda_cache(model):
         DecodeGraph(model, model.new_cache(1, 8), SlotSampler(1, DEVICE), capture=True)
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_rows_join_and_leave_the_decode_buffers(model, monkeypatch, sampled):
+def test_rows_join_and_leave_the_decode_buffers(model, monkeypatch):
     """Rows leave and join between decode steps, so the graph's rows change bucket and its token buffer must
     follow (a joining row's first token comes from a mixed prefill step), and the lookahead step launched
     before a request ends must drop its token. Same tokens as the engine's packed decode path (no DecodeGraph,
     no lookahead), which runs the same kernels; with sampling, greedy and sampled rows (filtered or not) share
     steps, so the in-graph draws must advance each slot's counter as the packed path does. Each decode step
     runs only its rows: buckets of 2 while both decode, 1 once one is left."""
-    temperature = (0.0, 0.8, 1.0) if sampled else (0.0, 0.0, 0.0)
+    # one greedy row beside sampled ones (an all-greedy run took another minute of CI and tests nothing more)
     params = [SamplingParams(max_new_tokens=n, temperature=t, top_k=k, seed=s)
-              for n, t, k, s in zip((2, 5, 2), temperature, (0, 20, 0), (1, 2, 3))]
+              for n, t, k, s in zip((2, 5, 2), (0.0, 0.8, 1.0), (0, 20, 0), (1, 2, 3))]
     rows_per_step = []
     decode_step = model.decode_step
 
