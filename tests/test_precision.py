@@ -111,7 +111,7 @@ def test_bf16_distance_from_the_official_fp32_logits(figures, backend, path):
 def _reference_decode(block, x, k_cache, v_cache, positions, cos, sin, dtype) -> torch.Tensor:
     """The reference attention block (model/reference.py's ops) on one new token per row in `dtype`: x [M, H]
     at positions [M] over the rows' cached keys [M, L, Hkv, D] (a full layer: position s at slot s) -> [M, H]."""
-    H, D = x.shape[1], block.head_dim
+    D = block.head_dim
     out = []
     for i, p in enumerate(positions.tolist()):
         qkv = block.qkv(block.norm(x[i:i + 1, None].to(dtype)))

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import openai
@@ -27,21 +26,26 @@ SCRIPT = "<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|
 
 
 @contextlib.contextmanager
-def serving(app):
-    """Runs `app` on 127.0.0.1 at a free port in a background thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+def in_thread(server: uvicorn.Server):
+    """Runs a uvicorn `server` configured for 127.0.0.1 at port 0 in a background thread (`server.thread`);
+    yields its base URL once it has started, and stops it after."""
+    server.thread = threading.Thread(target=server.run, daemon=True)
+    server.thread.start()
     deadline = time.monotonic() + TIMEOUT
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        assert server.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
-        thread.join(TIMEOUT)
+        server.thread.join(TIMEOUT)
+
+
+def serving(app):
+    """Runs `app` on 127.0.0.1 at a free port in a background thread; yields its base URL."""
+    return in_thread(uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                   lifespan="on")))
 
 
 @pytest.fixture(scope="module")

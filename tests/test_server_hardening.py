@@ -16,7 +16,7 @@ import httpx
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import TIMEOUT, _stats, _wait_for
+from test_server import TIMEOUT, _stats, _wait_for, in_thread
 
 from gpt_oss_triton.model import GptOss, harmony
 from gpt_oss_triton.model.server import serving
@@ -44,19 +44,8 @@ def running(app, shutdown_timeout: float = 5.0):
     """`app` under `serving.server` on 127.0.0.1 at a free port, in a thread; yields (base URL, server)."""
     server = serving.server(app, host="127.0.0.1", port=0, shutdown_timeout=shutdown_timeout,
                             read_timeout=READ_TIMEOUT, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    server.thread = thread
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
+    with in_thread(server) as url:
+        yield url, server
 
 
 @pytest.fixture(scope="module")
