@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 
 import torch
@@ -179,6 +180,8 @@ def compile_all(jobs: list, arch: int, workers: int = 1) -> list:
     """Compile (launch, constexprs, options) jobs for `arch`, in `workers` forked processes (jobs reach them by
     index: launches do not pickle); the Compiled results in order."""
     global _JOBS
+    # Triton's default (fusion on), said explicitly: newer Tritons warn on every compile when it is unset
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     _JOBS = [(l, c, o, arch) for l, c, o in jobs]
     if workers <= 1 or len(jobs) <= 1:
         return [_compile_job(i) for i in range(len(jobs))]
