@@ -23,13 +23,14 @@ fp32 reference, which equals OpenAI's to 2e-5; `_teacher_forced` at that size), 
     reference (torch)       0.0644            0.0930            89.4%
     Triton                  0.0538            0.0587            95.0%
 
-That is the precision plan (issue 16): where the reference rounds to bf16 between ops, the Triton path keeps
-fp32 at no cost in bandwidth, as these stay in registers: router logits (the reference rounds them before the
-top-k), mlp1's output into swiglu, the experts' outputs through the weighted combine and the residual add
-(one rounding, in mlp2's epilogue), the out projection with its bias and residual (one rounding), and the
-logits (fp32 from the unembedding). It rounds where the reference does: the residual stream, the norms'
-outputs, q/k/v, the KV cache, the attention output and swiglu's output are bf16 in both. `test_triton_is_
-closer_to_fp32_than_the_reference` guards it on a smaller run (figures in its docstring).
+That is the precision plan (issue 16): where the reference rounds to bf16 between ops, the Triton decode path
+keeps fp32 at no cost in bandwidth, as these stay in registers: q and k through the rotation (decode_qkv rounds
+once after RoPE; the reference rounds the projection, then rotates in bf16), mlp1's output into swiglu, the
+experts' outputs through the weighted combine and the residual add (one rounding, in mlp2's epilogue), the out
+projection with its bias and residual (one rounding), and the logits (fp32 from the unembedding). It rounds where
+the reference does: the residual stream, the norms' outputs, router logits (before the top-k, as OpenAI's bf16
+code), q/k/v as stored, the KV cache, the attention output and swiglu's output are bf16 in both.
+`test_triton_is_closer_to_fp32_than_the_reference` guards it on a smaller run (figures in its docstring).
 The bounds below leave a margin over the figures above.
 """
 import pytest
