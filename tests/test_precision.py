@@ -17,7 +17,7 @@ On this tiny model a bf16 run's distance is dominated by a few router flips (4th
 the golden README); Triton's max |d| on the prompt is one token (11) whose layer-2 router flips, where the
 residual stream before it is as close to fp32 as the reference's. Eight decode steps of one prompt are too few
 to rank two bf16 paths: over 4 rows of random tokens, 40 prompt positions and 40 decode steps each (against our
-fp32 reference, which equals OpenAI's to 2e-5; `_teacher_forced` at that size), Triton is the closer one:
+fp32 reference, which equals OpenAI's to 2e-5; teacher-forced as below, at that size), Triton is the closer one:
 
     backend (bf16)          prompt mean |d|   decode mean |d|   decode argmax agreement
     reference (torch)       0.0644            0.0930            89.4%
