@@ -12,6 +12,8 @@ setup(
     # each folder and every package below it (model.runtime, model.server, ...)
     packages=[f"gpt_oss_triton.{name}" for name in SUBPACKAGES]
     + [f"gpt_oss_triton.{name}.{sub}" for name in SUBPACKAGES for sub in find_packages(where=name)],
+    # kernels/ has no __init__.py: a namespace portion, so from the checkout root it never shadows the `kernels`
+    # library (transformers imports it); model/ and loader/ keep theirs for their public exports
     package_dir={f"gpt_oss_triton.{name}": name for name in SUBPACKAGES},
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],

@@ -2,10 +2,17 @@
 import hashlib
 import lzma
 import os
+import sys
 from pathlib import Path
 
-import pytest
-import torch
+# `python -m pytest` puts the working directory on sys.path; run from the checkout, that made our top-level folders
+# importable under bare names (transformers then took `kernels/` for the hub-kernels library). Our code is only
+# `gpt_oss_triton.*`, so the checkout root leaves the path before anything imports a third-party package.
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     # Must be set before triton is first imported: kernels then run in Triton's interpreter on the CPU.

@@ -15,7 +15,11 @@ def test_transformers_loads_our_hf_checkpoint(tmp_path):
     transformers = pytest.importorskip("transformers", reason="needs the transformers package (the test extra)")
     pytest.importorskip("accelerate", reason="needs the accelerate package: transformers reads MXFP4 through it")
     path = make_checkpoint(tmp_path / "tiny", PRESETS["tiny"], layout="hf", seed=5)
-    theirs = transformers.GptOssForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # dequantize=True says what the CPU does anyway; left to choose, transformers with the `kernels` library installed
+    # fetches MXFP4 kernels from the hub (no network here).
+    dequantize = transformers.Mxfp4Config(dequantize=True)
+    theirs = transformers.GptOssForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                            quantization_config=dequantize).eval()
     ours = GptOss.from_pretrained(path, backend="torch", dtype=torch.float32, device="cpu")
     tokens = torch.randint(0, ours.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -1,1 +1,0 @@
-"""Triton kernels for gpt-oss, one file per op, each beside its launcher; plain-torch references in `reference`."""
