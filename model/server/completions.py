@@ -21,7 +21,7 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for this endpoint
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
     stops = {ctx.tokenizer.token_id("<|endoftext|>")}
 
-    @v1.post("/completions")
+    @v1.post("/completions", openapi_extra=schemas.openapi_body(schemas.CompletionRequest))
     async def completions(request: Request):
         body = schemas.parse_body(schemas.CompletionRequest, await read_json(request))
         ctx.check_model(body)
