@@ -119,6 +119,35 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
     return "\n".join(line for line in lines if line)
 
 
+def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, max_tokens: int) -> None:
+    """A ValueError unless a JSON value of `json_rule` can start, and the text its schema forces (what llguidance
+    fast-forwards: where one way on is left) lexes and fits in `max_tokens` tokens. llguidance builds its
+    parser and lexer as tokens come, so a schema no value meets (a `$ref` that refers only to itself) or one past
+    the lexer's limits (the pattern `^(a{1000}){1000}$`) would otherwise show only mid-reply, cutting the JSON
+    short; here it is found before the request runs."""
+    matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size),
+                                   llguidance.LLMatcher.grammar_from_lark(f"start: {json_rule}"), log_level=0)
+    forced = 0
+    while not matcher.is_error() and forced <= max_tokens:
+        tokens = matcher.compute_ff_tokens()
+        if not tokens:  # a choice is left: some token must be allowed (an empty mask also sets the error)
+            if not any(matcher.compute_logit_bias()) and not matcher.is_error():
+                raise ValueError("no JSON value satisfies the schema")
+            break
+        matcher.consume_tokens(tokens)
+        forced += len(tokens)
+    if matcher.is_error():
+        problem = _first_line(matcher.get_error())
+        raise ValueError("no JSON value satisfies the schema" if problem == "NoExtensionBias" else problem)
+    if forced > max_tokens:
+        raise ValueError(f"the schema forces {forced} tokens or more, past the reply's limit of {max_tokens}")
+
+
+def _first_line(problem: str) -> str:
+    """An llguidance error's first line, without the grammar position ("at 4(9): ")."""
+    return re.sub(r"^at \d+\(\d+\): ", "", problem.splitlines()[0])
+
+
 def json_text_grammar(json_rule: str) -> str:
     """A raw completion that is `json_rule`, then `<|endoftext|>`."""
     return f"start: answer <|endoftext|>\nanswer: {json_rule}"
@@ -142,8 +171,8 @@ class GrammarConstraint:
         llt = grammar_tokenizer(tokenizer, vocab_size)
         compiled = llguidance.LLMatcher.grammar_from_lark(grammar)
         problem = llguidance.LLMatcher.validate_grammar(compiled, llt)
-        if problem:  # its first line, without the grammar position ("at 4(9): ")
-            raise ValueError(re.sub(r"^at \d+\(\d+\): ", "", problem.splitlines()[0]))
+        if problem:
+            raise ValueError(_first_line(problem))
         self.matcher = llguidance.LLMatcher(llt, compiled, log_level=0)
         self.vocab_size = vocab_size
         self._ids = {name: tokenizer.token_id(name) for name in ("<|channel|>", "<|message|>", "<|end|>")}

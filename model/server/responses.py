@@ -115,7 +115,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
         # The Responses API's function tools are strict unless they say otherwise.
         constraint = await structured.reply_constraint(ctx, plan, final=final, parallel=parallel,
                                                        max_tokens=max_tokens, prompt_len=len(prompt),
-                                                       strict_default=True)
+                                                       strict_default=True, format_param="text")
         gen = ctx.start(body, prompt, "input", max_tokens, ctx.default_max_tokens,
                         tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, constraint)
         response = _response(f"resp_{uuid.uuid4().hex}", ctx.model_name, body, effort)

@@ -60,11 +60,23 @@ def tool_rules(tools: list[dict], strict_default: bool = False) -> list[tuple[st
     return rules
 
 
+def _check_rules(ctx, rules, vocab: int, max_tokens: int) -> None:
+    """A 400 for the first (JSON rule, request field) whose schema no reply of `max_tokens` can meet."""
+    for rule, param in rules:
+        if rule is not None:
+            try:
+                grammar.check_satisfiable(ctx.tokenizer, rule, vocab, max_tokens)
+            except ValueError as e:
+                raise APIError(400, f"the {'response format' if param != 'tools' else 'strict tool parameters'} "
+                                    f"cannot be met: {e}", param=param) from None
+
+
 async def reply_constraint(ctx, plan, *, final: str | None, parallel: bool, max_tokens: int | None,
-                           prompt_len: int, strict_default: bool = False):
+                           prompt_len: int, strict_default: bool = False, format_param: str = "response_format"):
     """The reply's constraint: a grammar when the answer has a format or a tool is strict, else what the
-    tool plan forces (tool_calls.ForcedCall or None). Built off the event loop: the grammar engine's view of the
-    tokenizer takes ~10 s the first time (app.create_app starts it early)."""
+    tool plan forces (tool_calls.ForcedCall or None); a 400 naming `format_param` or `tools` for a schema no
+    reply within `max_tokens` can meet. Built off the event loop: the grammar engine's view of the tokenizer
+    takes ~10 s the first time (app.create_app starts it early)."""
     tools = tool_rules(plan.tools, strict_default)
     if final is None and all(rule is None for _, rule in tools):
         return plan.constraint(ctx.tokenizer)
@@ -75,6 +87,7 @@ async def reply_constraint(ctx, plan, *, final: str | None, parallel: bool, max_
     vocab = ctx.worker.engine.model.config.vocab_size
 
     def build():
+        _check_rules(ctx, [(final, format_param), *((rule, "tools") for _, rule in tools)], vocab, max_tokens)
         lark = grammar.reply_grammar(ctx.tokenizer, final=final, tools=tools, parallel=parallel,
                                      forced=plan.prefix)
         return grammar.GrammarConstraint(ctx.tokenizer, lark, vocab, reasoning_budget=budget)
@@ -86,13 +99,17 @@ async def reply_constraint(ctx, plan, *, final: str | None, parallel: bool, max_
                        param="tools" if final is None else "response_format") from None
 
 
-async def text_constraint(ctx, final: str | None):
+async def text_constraint(ctx, final: str | None, max_tokens: int):
     """A raw completion's constraint: the JSON of `final`, then `<|endoftext|>` (None: no constraint)."""
     if final is None:
         return None
     vocab = ctx.worker.engine.model.config.vocab_size
+
+    def build():
+        _check_rules(ctx, [(final, "response_format")], vocab, max_tokens)
+        return grammar.GrammarConstraint(ctx.tokenizer, grammar.json_text_grammar(final), vocab)
+
     try:
-        return await asyncio.to_thread(grammar.GrammarConstraint, ctx.tokenizer, grammar.json_text_grammar(final),
-                                       vocab)
+        return await asyncio.to_thread(build)
     except ValueError as e:
         raise APIError(400, f"the response format cannot be enforced: {e}", param="response_format") from None
