@@ -40,6 +40,7 @@ from .sampling import unpack_bits
 # spend its tokens on blanks; the JSON is otherwise compact.
 _WHITESPACE = " "
 
+_CALL_START = "<|channel|>commentary to=functions."
 MAX_NOTES = 4  # analysis or commentary messages before the answer or a call: a bound, so that a model past its
 # reasoning budget cannot loop on empty ones
 
@@ -84,7 +85,8 @@ def json_schema_grammar(schema: dict | None, strict: bool = True) -> str:
 def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequence[tuple[str, str | None]] = (),
                   parallel: bool = False, forced: str = "") -> str:
     """A harmony assistant reply, from where the prompt left it (after `<|start|>assistant` and `forced`, the
-    header the prompt forced: "", "<|channel|>" or a call's whole header): up to MAX_NOTES free messages on
+    header the prompt forced: "", "<|channel|>", a call's header up to where the tools' names part, or a call's
+    whole header): up to MAX_NOTES free messages on
     analysis (reasoning) or, when there are tools, commentary (preambles), then either the final answer, its content `final` (a JSON
     rule; None: free text), or a call of one of `tools` ((name, arguments rule; None: free text)), several in a
     row with `parallel`. Headers are harmony's canonical ones; the reply ends with `<|return|>` after the answer
@@ -106,6 +108,14 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
                   'final: <|channel|> "final" (" " <|constrain|> "json")? <|message|> answer '
                   '(<|return|> | <|end|> <|return|>)',
                   f"answer: {final or 'text'}"]
+    elif forced.startswith(_CALL_START) and not forced.endswith("<|message|>") and tools:
+        # the header up to where the names part: the rest of one of theirs
+        stem = forced.removeprefix(_CALL_START)
+        rests = [f"{json.dumps(name[len(stem):] + ' ')} <|constrain|> \"json\" <|message|> args{i} <|call|>"
+                 for i, name in enumerate(names) if name.startswith(stem)]
+        if not rests:
+            raise ValueError(f"the forced header {forced!r} starts no tool's call")
+        lines.append(f"start: ({' | '.join(rests)})" + (' (<|start|> "assistant" call)*' if parallel else ""))
     elif forced == "<|channel|>" and tools:
         lines.append("start: call_body" + (' (<|start|> "assistant" call)*' if parallel else ""))
     elif forced.endswith("<|message|>") and forced.count("to=functions.") == 1:
@@ -125,6 +135,9 @@ def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, max
     parser and lexer as tokens come, so a schema no value meets (a `$ref` that refers only to itself) or one past
     the lexer's limits (the pattern `^(a{1000}){1000}$`) would otherwise show only mid-reply, cutting the JSON
     short; here it is found before the request runs."""
+    if json_rule.startswith("%json "):  # checked without whitespace: it never decides, and leaves more forced
+        schema = json.loads(json_rule.removeprefix("%json "))
+        json_rule = "%json " + json.dumps({**schema, "x-guidance": {**schema["x-guidance"], "whitespace_pattern": ""}})
     matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size),
                                    llguidance.LLMatcher.grammar_from_lark(f"start: {json_rule}"), log_level=0)
     forced = 0
