@@ -145,11 +145,18 @@ def _pattern_chat(url, pattern: str, max_tokens: int) -> httpx.Response:
                                                "response_format": _format({"type": "string", "pattern": pattern})})
 
 
-def test_a_schema_that_cannot_fit_the_reply_is_a_400(url):
-    # Both sides of the limit (the quotes are tokens too); the forced text counts, whatever the reasoning takes.
-    message = _error(_pattern_chat(url, "^(a{5}){4}$", 21), 400, "response_format")
-    assert "forces 22 tokens or more, past the reply's limit of 21" in message
-    assert _pattern_chat(url, "^(a{5}){4}$", 22).status_code == 200
+def test_a_schema_that_cannot_fit_the_context_is_a_400(url):
+    def completion(chars: int, max_tokens: int = 2) -> httpx.Response:
+        schema = {"type": "string", "pattern": f"^a{{{chars}}}$"}
+        return _post(url, "/v1/completions", {**COMPLETION, "max_tokens": max_tokens, "response_format": _format(schema)})
+
+    # Both sides of the limit: the 1-token prompt leaves 3999 of the 4000, and the quotes are tokens too.
+    message = _error(completion(3998), 400, "response_format")
+    assert "forces 4000 tokens or more, past the 3999 the context leaves the reply" in message
+    assert completion(3997).json()["choices"][0]["finish_reason"] == "length"
+    # A max_tokens too small for the schema is no error: the reply ends "length", as OpenAI's does.
+    reply = _pattern_chat(url, "^(a{5}){4}$", 12).json()["choices"][0]
+    assert reply["finish_reason"] == "length" and ('"' + "a" * 20).startswith(reply["message"]["content"])
 
 
 @pytest.mark.slow

@@ -129,19 +129,19 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
     return "\n".join(line for line in lines if line)
 
 
-def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, max_tokens: int) -> None:
+def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, room: int) -> None:
     """A ValueError unless a JSON value of `json_rule` can start, and the text its schema forces (what llguidance
-    fast-forwards: where one way on is left) lexes and fits in `max_tokens` tokens. llguidance builds its
-    parser and lexer as tokens come, so a schema no value meets (a `$ref` that refers only to itself) or one past
-    the lexer's limits (the pattern `^(a{1000}){1000}$`) would otherwise show only mid-reply, cutting the JSON
-    short; here it is found before the request runs."""
+    fast-forwards: where one way on is left) lexes and fits in `room` tokens (what the context leaves a reply).
+    llguidance builds its parser and lexer as tokens come, so a schema no value meets (a `$ref` that refers only
+    to itself, a required property that recurses forever) or one past the lexer's limits (the pattern
+    `^(a{1000}){1000}$`) would otherwise show only mid-reply, ending the JSON short of complete."""
     if json_rule.startswith("%json "):  # checked without whitespace: it never decides, and leaves more forced
         schema = json.loads(json_rule.removeprefix("%json "))
         json_rule = "%json " + json.dumps({**schema, "x-guidance": {**schema["x-guidance"], "whitespace_pattern": ""}})
     matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size),
                                    llguidance.LLMatcher.grammar_from_lark(f"start: {json_rule}"), log_level=0)
     forced = 0
-    while not matcher.is_error() and forced <= max_tokens:
+    while not matcher.is_error() and forced <= room:
         tokens = matcher.compute_ff_tokens()
         if not tokens:  # a choice is left: some token must be allowed (an empty mask also sets the error)
             if not any(matcher.compute_logit_bias()) and not matcher.is_error():
@@ -152,8 +152,8 @@ def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, max
     if matcher.is_error():
         problem = _first_line(matcher.get_error())
         raise ValueError("no JSON value satisfies the schema" if problem == "NoExtensionBias" else problem)
-    if forced > max_tokens:
-        raise ValueError(f"the schema forces {forced} tokens or more, past the reply's limit of {max_tokens}")
+    if forced > room:
+        raise ValueError(f"the schema forces {forced} tokens or more, past the {room} the context leaves the reply")
 
 
 def _first_line(problem: str) -> str:

@@ -29,7 +29,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
                   if isinstance(body.prompt, str) else body.prompt)
         assembler = TextAssembler(ctx.tokenizer, body.stop_strings(), end_tokens=stops)
         final, _ = structured.format_rule(body.response_format, "response_format")
-        constraint = await structured.text_constraint(ctx, final, body.max_tokens or DEFAULT_COMPLETION_TOKENS)
+        constraint = await structured.text_constraint(ctx, final, len(prompt))
         gen = ctx.start(body, prompt, "prompt", body.max_tokens, DEFAULT_COMPLETION_TOKENS, stops, assembler,
                         constraint, logprobs=body.logprobs)
         reply_id = schemas.new_id("cmpl")
