@@ -175,6 +175,13 @@ def test_required_tool_choice_forces_the_whole_header(url):
         assert choice["finish_reason"] == "tool_calls", (max_tokens, reply)
         (call,) = choice["message"]["tool_calls"]
         assert (call["function"]["name"], call["function"]["arguments"]) == ("get_time", ARGS[:-len("<|call|>")])
+    # Strict tools (the Responses API's default) take the grammar's way to the same header.
+    responses = {"model": "scripted", "input": "q", "max_output_tokens": 40, "tool_choice": "required",
+                 "temperature": 0, "tools": [{"type": "function", "name": n} for n in ("get_weather", "get_time")]}
+    reply = _post(url, "/v1/responses", responses).json()
+    (call,) = reply["output"]
+    assert (reply["status"], call["type"], call["name"], json.loads(call["arguments"])) == \
+        ("completed", "function_call", "get_time", {"city": "Paris"})
 
 
 # Accepted where a 400 fits.

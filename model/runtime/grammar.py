@@ -86,8 +86,8 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
                   parallel: bool = False, forced: str = "") -> str:
     """A harmony assistant reply, from where the prompt left it (after `<|start|>assistant` and `forced`, the
     header the prompt forced: "", "<|channel|>", a call's header up to where the tools' names part, or a call's
-    whole header): up to MAX_NOTES free messages on
-    analysis (reasoning) or, when there are tools, commentary (preambles), then either the final answer, its content `final` (a JSON
+    whole header): up to MAX_NOTES free messages on analysis (reasoning) or, when there are tools, commentary
+    (preambles), then either the final answer, its content `final` (a JSON
     rule; None: free text), or a call of one of `tools` ((name, arguments rule; None: free text)), several in a
     row with `parallel`. Headers are harmony's canonical ones; the reply ends with `<|return|>` after the answer
     (`<|end|>` first is allowed) and `<|call|>` after a call."""
