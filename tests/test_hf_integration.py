@@ -1,0 +1,176 @@
+"""Our kernels inside Hugging Face transformers' GptOssForCausalLM (model/integrations/transformers.py): the same
+logits and greedy tokens as transformers' own modules, every swapped module running our ops, and the refusals.
+
+A small synthetic hf-layout checkpoint (2 layers, a window of 4) keeps the interpreter's cost down while prompts
+still pass the window: prefill and decode both run the sliding layers' band and the full layers."""
+import dataclasses
+import sys
+
+import pytest
+import torch
+from helpers import assert_close
+
+transformers = pytest.importorskip("transformers", reason="needs the transformers package (the test extra)")
+pytest.importorskip("accelerate", reason="needs the accelerate package: transformers reads MXFP4 through it")
+
+from gpt_oss_triton.loader import make_checkpoint  # noqa: E402
+from gpt_oss_triton.model import PRESETS  # noqa: E402
+from gpt_oss_triton.model.integrations import transformers as integration  # noqa: E402
+from gpt_oss_triton.model.integrations.hf_modules import (TritonGptOssExperts, TritonGptOssMLP,  # noqa: E402
+                                                          TritonGptOssRMSNorm, TritonGptOssTopKRouter)
+
+torch.set_grad_enabled(False)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIG = dataclasses.replace(PRESETS["tiny"], num_hidden_layers=2, layer_types=(), hidden_size=128,
+                             intermediate_size=128, num_experts=4, experts_per_token=2, num_attention_heads=4,
+                             sliding_window=4)
+PROMPT = torch.randint(0, CONFIG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+GREEDY_PROMPT = torch.arange(17, 26)[None]  # its greedy path keeps a clear margin (the test checks)
+OUR_OPS = ("rmsnorm", "attention", "decode_attention", "routing", "moe_mlp1", "moe_mlp2")
+
+
+def _load(path, dtype=torch.bfloat16):
+    # dequantize=True: on the CPU with the `kernels` library installed transformers would fetch hub kernels (no
+    # network); it is also the one MXFP4 path transformers runs on any device.
+    quant = transformers.Mxfp4Config(dequantize=True)
+    return transformers.GptOssForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant).eval().to(DEVICE)
+
+
+def _close(ours, ref, what):
+    # Two bf16 implementations, as tests/test_triton_model.py bounds them: ~1 logit where a router flips.
+    diff = (ours.float() - ref.float()).abs()
+    assert diff.mean() < 0.1 and diff.max() < 1.5, f"{what}: mean {diff.mean():.3g} max {diff.max():.3g}"
+
+
+def _ops(fn) -> dict:
+    """Calls of each of our custom ops while fn() runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    counts = {e.key.split("::")[1]: e.count for e in prof.key_averages() if e.key.startswith("gpt_oss_triton::")}
+    return {op: counts.get(op, 0) for op in OUR_OPS}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("hf") / "small", CONFIG, layout="hf", seed=5)
+
+
+@pytest.fixture(scope="module")
+def theirs(checkpoint):
+    return _load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoint):
+    return integration.apply(_load(checkpoint), checkpoint=checkpoint)
+
+
+def test_logits_match_transformers(theirs, ours):
+    assert ours.config._attn_implementation == "gpt_oss_triton"
+    tokens = PROMPT.to(DEVICE)
+    _close(ours(input_ids=tokens).logits, theirs(input_ids=tokens).logits, "prefill logits")
+
+
+def test_greedy_generate_matches_transformers(theirs, ours):
+    """generate() with transformers' DynamicCache: prefill of 9, then decode steps to position 14, past the window
+    of 4. The prompt's greedy path keeps a clear margin at every step (checked first), so bf16 noise can't flip it."""
+    prompt = GREEDY_PROMPT.to(DEVICE)
+    expected = theirs.generate(prompt, max_new_tokens=6, do_sample=False)
+    top2 = theirs(input_ids=expected[:, :-1]).logits[0, prompt.shape[1] - 1:].float().topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 0.1, "the prompt no longer has a clear greedy path: pick another"
+    assert ours.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == expected.tolist()
+
+
+def test_attention_and_rmsnorm_in_fp32(checkpoint):
+    """Without the MoE swap (the MoE kernels take bf16 only) the model runs fp32: our attention and RMSNorm give
+    transformers' logits to fp32 tolerance, on a prefill and on decode steps past the window."""
+    theirs32 = _load(checkpoint, torch.float32)
+    ours32 = integration.apply(_load(checkpoint, torch.float32), moe=False)
+    tokens = PROMPT.to(DEVICE)
+    assert_close(ours32(input_ids=tokens).logits, theirs32(input_ids=tokens).logits, torch.float32, name="prefill")
+    cache_ours, cache_theirs = transformers.DynamicCache(config=ours32.config), transformers.DynamicCache(config=theirs32.config)
+    for start, stop in ((0, 3), (3, 4), (4, 5), (5, 7), (7, 8), (8, 9)):  # decode steps and chunked prefill
+        a = ours32(input_ids=tokens[:, start:stop], cache=cache_ours, use_cache=True).logits
+        b = theirs32(input_ids=tokens[:, start:stop], cache=cache_theirs, use_cache=True).logits
+        assert_close(a, b, torch.float32, name=f"positions {start}..{stop - 1} against the cache")
+
+
+def test_every_swapped_module_runs_our_kernels(ours):
+    layers = ours.model.layers
+    assert all(type(layer.mlp) is TritonGptOssMLP and type(layer.mlp.router) is TritonGptOssTopKRouter
+               and type(layer.mlp.experts) is TritonGptOssExperts for layer in layers)
+    norms = [m for m in ours.modules() if isinstance(m, transformers.models.gpt_oss.modeling_gpt_oss.GptOssRMSNorm)]
+    assert len(norms) == 2 * len(layers) + 1 and all(type(m) is TritonGptOssRMSNorm for m in norms)
+    L = len(layers)
+    cache = transformers.DynamicCache(config=ours.config)
+    tokens = PROMPT.to(DEVICE)
+    prefill = _ops(lambda: ours(input_ids=tokens, cache=cache, use_cache=True))
+    assert prefill == dict(rmsnorm=2 * L + 1, attention=L, decode_attention=0, routing=L, moe_mlp1=L, moe_mlp2=L)
+    decode = _ops(lambda: ours(input_ids=tokens[:, :1], cache=cache, use_cache=True))
+    assert decode == dict(rmsnorm=2 * L + 1, attention=0, decode_attention=L, routing=L, moe_mlp1=L, moe_mlp2=L)
+
+
+def test_experts_take_transformers_interface(theirs, ours):
+    """The experts alone, called as transformers calls experts (top_k_index, top_k_weights), give transformers'
+    dense experts' output on routes chosen elsewhere."""
+    x = torch.randn(5, CONFIG.hidden_size, generator=torch.Generator().manual_seed(1)).to(DEVICE, torch.bfloat16)
+    index = torch.tensor([[0, 3], [1, 0], [2, 1], [3, 2], [0, 1]], device=DEVICE)
+    weights = torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], device=DEVICE)
+    got = ours.model.layers[0].mlp.experts(x, index, weights)
+    want = theirs.model.layers[0].mlp.experts(x, index, weights.to(torch.bfloat16))
+    assert_close(got, want, torch.bfloat16, scale=2.0, name="experts")
+
+
+def test_apply_twice_is_harmless(ours, checkpoint):
+    tokens = PROMPT[:, :5].to(DEVICE)
+    before = ours(input_ids=tokens).logits
+    experts = [layer.mlp.experts for layer in ours.model.layers]
+    assert integration.apply(ours, checkpoint=checkpoint) is ours
+    integration.apply(ours)  # nothing left to swap: no checkpoint needed
+    assert [layer.mlp.experts for layer in ours.model.layers] == experts
+    assert torch.equal(ours(input_ids=tokens).logits, before)
+
+
+def test_refuses_a_dequantized_model_without_its_checkpoint(checkpoint):
+    model = _load(checkpoint)
+    with pytest.raises(integration.UnsupportedModelError, match="dequantized them to bf16.*checkpoint="):
+        integration.apply(model)
+    assert type(model.model.layers[0].mlp) is not TritonGptOssMLP  # nothing half-applied
+
+
+def test_refuses_another_checkpoints_experts(checkpoint, tmp_path):
+    other = make_checkpoint(tmp_path / "other", CONFIG, layout="hf", seed=6)
+    with pytest.raises(integration.UnsupportedModelError, match="experts .* are not the model's"):
+        integration.apply(_load(checkpoint), checkpoint=other)
+
+
+def test_refuses_an_unsupported_transformers_version(theirs, monkeypatch):
+    # the module `import transformers` gives now (transformers' lazy module may have replaced the one imported above)
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.56.2")
+    with pytest.raises(integration.UnsupportedModelError, match="transformers 4.56.2 is not supported"):
+        integration.apply(theirs, moe=False)
+
+
+def test_refuses_a_device_without_triton(theirs, monkeypatch):
+    if DEVICE != "cpu":
+        pytest.skip("a GPU runs the kernels natively")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(integration.UnsupportedModelError, match="on cpu, where Triton does not run"):
+        integration.apply(theirs, moe=False)
+
+
+def test_refuses_moe_without_bf16(checkpoint):
+    with pytest.raises(integration.UnsupportedModelError, match="runs torch.float32: the MoE kernels take bf16"):
+        integration.apply(_load(checkpoint, torch.float32), checkpoint=checkpoint)
+
+
+def test_refuses_padding_and_static_caches(ours):
+    """What the attention kernels cannot take fails when the masks are made, before any layer runs."""
+    tokens = PROMPT.to(DEVICE)
+    padded = torch.ones_like(tokens)
+    padded[1, :2] = 0
+    with pytest.raises(ValueError, match="the attention mask pads some rows"):
+        ours(input_ids=tokens, attention_mask=padded)
+    static = transformers.StaticCache(config=ours.config, max_cache_len=16)
+    with pytest.raises(ValueError, match="consecutive positions up to the last query"):
+        ours(input_ids=tokens, cache=static, use_cache=True)
