@@ -176,3 +176,16 @@ def test_refuses_padding_and_static_caches(ours):
     static = transformers.StaticCache(config=ours.config, max_cache_len=16)
     with pytest.raises(ValueError, match="consecutive positions up to the last query"):
         ours(input_ids=tokens, cache=static, use_cache=True)
+
+
+def test_mask_function_takes_causal_and_sliding_masks_only(ours):
+    """transformers asks the mask function for the pattern it wants; gpt-oss asks for causal and sliding-window
+    causal masks, and anything else (here bidirectional) is refused."""
+    from transformers import masking_utils as mu
+
+    from gpt_oss_triton.model.integrations.hf_attention import triton_attention_mask
+    kw = dict(config=ours.config, device=DEVICE)
+    assert triton_attention_mask(2, 7, 7, 0, 0, mu.causal_mask_function, None, **kw) is None
+    assert triton_attention_mask(2, 1, 4, 9, 6, mu.sliding_window_causal_mask_function(4), None, **kw) is None
+    with pytest.raises(ValueError, match="neither causal nor sliding-window causal"):
+        triton_attention_mask(2, 7, 7, 0, 0, mu.bidirectional_mask_function, None, **kw)
