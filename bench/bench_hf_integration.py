@@ -47,27 +47,20 @@ def impl(request, checkpoint):
     torch.cuda.empty_cache()
 
 
-@pytest.mark.benchmark(group="hf_integration_decode")
 @pytest.mark.parametrize("context", CONTEXTS)
 @pytest.mark.parametrize("batch", BATCHES)
-def test_decode(benchmark, record, impl, preset, batch, context):
+@pytest.mark.parametrize("kind", ["decode", "prefill"])
+def test_step(benchmark, record, impl, preset, kind, batch, context):
+    """One decode step at `context` cached positions, or a prefill of `context` tokens, for `batch` rows."""
     name, engine = impl
-    ms, peak_gb = _or_skip_on_oom(f"at batch {batch}, context {context}", _measure, benchmark, engine, "decode",
+    benchmark.group = f"hf_integration_{kind}"
+    ms, peak_gb = _or_skip_on_oom(f"at batch {batch}, context {context}", _measure, benchmark, engine, kind,
                                   batch, context)
     config = GptOssConfig.preset(preset)
-    record(benchmark, ms, bytes_moved=decode_bytes(config, batch, context).total,
-           flops=forward_flops(config, batch, 1, context), impl=name,
-           **{"tokens/s": batch / (ms * 1e-3), "peak_mem_GB": peak_gb})
-
-
-@pytest.mark.benchmark(group="hf_integration_prefill")
-@pytest.mark.parametrize("context", CONTEXTS)
-@pytest.mark.parametrize("batch", BATCHES)
-def test_prefill(benchmark, record, impl, preset, batch, context):
-    name, engine = impl
-    ms, peak_gb = _or_skip_on_oom(f"at batch {batch}, context {context}", _measure, benchmark, engine, "prefill",
-                                  batch, context)
-    config = GptOssConfig.preset(preset)
-    record(benchmark, ms, bytes_moved=decode_bytes(config, batch * context).weights,
-           flops=forward_flops(config, batch, context), impl=name,
-           **{"tokens/s": batch * context / (ms * 1e-3), "ttft_ms": ms, "peak_mem_GB": peak_gb})
+    if kind == "decode":
+        moved, flops, tokens = decode_bytes(config, batch, context).total, forward_flops(config, batch, 1, context), batch
+    else:  # the least a prefill must read: every weight its tokens route to, once
+        moved, flops, tokens = decode_bytes(config, batch * context).weights, forward_flops(config, batch, context), \
+            batch * context
+    record(benchmark, ms, bytes_moved=moved, flops=flops, impl=name,
+           **{"tokens/s": tokens / (ms * 1e-3), "peak_mem_GB": peak_gb})
