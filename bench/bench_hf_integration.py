@@ -58,7 +58,8 @@ def test_step(benchmark, record, impl, preset, kind, batch, context):
                                   batch, context)
     config = GptOssConfig.preset(preset)
     if kind == "decode":
-        moved, flops, tokens = decode_bytes(config, batch, context).total, forward_flops(config, batch, 1, context), batch
+        moved, flops, tokens = decode_bytes(config, batch, context).total, forward_flops(config, batch, 1, context), \
+            batch
     else:  # the least a prefill must read: every weight its tokens route to, once
         moved, flops, tokens = decode_bytes(config, batch * context).weights, forward_flops(config, batch, context), \
             batch * context

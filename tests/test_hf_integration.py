@@ -33,7 +33,8 @@ def _load(path, dtype=torch.bfloat16):
     # dequantize=True: on the CPU with the `kernels` library installed transformers would fetch hub kernels (no
     # network); it is also the one MXFP4 path transformers runs on any device.
     quant = transformers.Mxfp4Config(dequantize=True)
-    return transformers.GptOssForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant).eval().to(DEVICE)
+    model = transformers.GptOssForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant)
+    return model.eval().to(DEVICE)
 
 
 def _close(ours, ref, what):
@@ -92,7 +93,8 @@ def test_attention_and_rmsnorm_in_fp32(checkpoint):
     ours32 = integration.apply(_load(checkpoint, torch.float32), moe=False)
     tokens = PROMPT.to(DEVICE)
     assert_close(ours32(input_ids=tokens).logits, theirs32(input_ids=tokens).logits, torch.float32, name="prefill")
-    cache_ours, cache_theirs = transformers.DynamicCache(config=ours32.config), transformers.DynamicCache(config=theirs32.config)
+    cache_ours = transformers.DynamicCache(config=ours32.config)
+    cache_theirs = transformers.DynamicCache(config=theirs32.config)
     for start, stop in ((0, 3), (3, 4), (4, 6), (6, 7)):  # decode steps and chunked prefill, past the window
         a = ours32(input_ids=tokens[:, start:stop], cache=cache_ours, use_cache=True).logits
         b = theirs32(input_ids=tokens[:, start:stop], cache=cache_theirs, use_cache=True).logits
@@ -142,8 +144,10 @@ def test_refuses_a_dequantized_model_without_its_checkpoint(checkpoint):
 
 def test_refuses_another_checkpoints_experts(checkpoint, tmp_path):
     other = make_checkpoint(tmp_path / "other", CONFIG, layout="hf", seed=6)
-    with pytest.raises(integration.UnsupportedModelError, match="experts .* are not the model's"):
-        integration.apply(_load(checkpoint), checkpoint=other)
+    model = _load(checkpoint)
+    with pytest.raises(integration.UnsupportedModelError, match="layer 0's experts .* are not the model's"):
+        integration.apply(model, checkpoint=other)
+    assert type(model.model.layers[-1].mlp) is not TritonGptOssMLP  # nothing half-applied
 
 
 def test_refuses_an_unsupported_transformers_version(theirs, monkeypatch):

@@ -54,8 +54,8 @@ def routing_from_top_k(top_k_index: torch.Tensor, top_k_weights: torch.Tensor, n
     counts = torch.bincount(experts, minlength=n_experts).int()
     # No kernel reads the logits: a broadcast zero stands in for them, no memory.
     logits = torch.zeros((), dtype=torch.bfloat16, device=top_k_index.device).expand(T, n_experts)
-    return RoutingData(logits, top_k_index.int(), top_k_weights.float(), counts, (torch.cumsum(counts, 0) - counts).int(),
-                       gather.int(), scatter.int())
+    offsets = (torch.cumsum(counts, 0) - counts).int()
+    return RoutingData(logits, top_k_index.int(), top_k_weights.float(), counts, offsets, gather.int(), scatter.int())
 
 
 class TritonGptOssExperts(nn.Module):

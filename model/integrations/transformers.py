@@ -29,7 +29,8 @@ from ...loader.sharding import TensorSlice
 
 SUPPORTED_MAJOR = 5
 SWIGLU_ALPHA = 1.702  # the kernels' constant
-_EXPERT_TENSORS = ("mlp1_weight.blocks", "mlp1_weight.scales", "mlp2_weight.blocks", "mlp2_weight.scales")
+_EXPERT_TENSORS = ("mlp1_weight.blocks", "mlp1_weight.scales", "mlp1_bias", "mlp2_weight.blocks", "mlp2_weight.scales",
+                   "mlp2_bias")
 
 
 class UnsupportedModelError(ValueError):
@@ -76,7 +77,8 @@ def _gpt_oss_layers(model: torch.nn.Module) -> list:
 
 
 def _read_experts(checkpoint, config, device: torch.device) -> dict:
-    """The checkpoint's packed expert blocks and scales (canonical names), every header checked, nothing else read."""
+    """The checkpoint's packed expert blocks and scales and their biases (canonical names), every header checked,
+    nothing else read."""
     path = os.fspath(checkpoint)
 
     def experts_only(ckpt_config):
@@ -94,18 +96,22 @@ def _read_experts(checkpoint, config, device: torch.device) -> dict:
 
 
 def _check_same_experts(layer: int, experts, tensors: dict, path) -> None:
-    """The checkpoint's layer holds the model's experts, checked on expert 0 where the model has them dense
-    (transformers dequantizes exactly: MXFP4 values are exact in bf16)."""
+    """The checkpoint's layer holds the model's experts: the same biases, and where the model has its weights dense,
+    the same expert 0 (transformers dequantizes exactly: MXFP4 values are exact in bf16). Biases are compared in
+    the model's dtype, which holds the stored bf16 exactly."""
     from ...kernels.mxfp4 import mxfp4_dequantize
     p = f"block.{layer}.mlp."
-    for hf, ours in (("gate_up_proj", "mlp1_weight"), ("down_proj", "mlp2_weight")):
+    for hf, ours in (("gate_up_proj", "mlp1"), ("down_proj", "mlp2")):
+        bias = getattr(experts, hf + "_bias")
+        same = torch.equal(tensors[p + ours + "_bias"].to(bias.device, bias.dtype), bias.data)
         dense = getattr(experts, hf, None)
-        if isinstance(dense, torch.nn.Parameter) and dense.dim() == 3 and dense.is_floating_point():
-            want = mxfp4_dequantize(tensors[p + ours + ".blocks"][0], tensors[p + ours + ".scales"][0],
+        if same and isinstance(dense, torch.nn.Parameter) and dense.dim() == 3 and dense.is_floating_point():
+            want = mxfp4_dequantize(tensors[p + ours + "_weight.blocks"][0], tensors[p + ours + "_weight.scales"][0],
                                     torch.float32).T
-            if not torch.equal(want.to(dense.dtype).float(), dense[0].float()):
-                raise UnsupportedModelError(f"checkpoint {path}: layer {layer}'s experts ({hf}, expert 0) are not "
-                                            "the model's: pass the directory the model was loaded from")
+            same = torch.equal(want.to(dense.dtype), dense[0].data)
+        if not same:
+            raise UnsupportedModelError(f"checkpoint {path}: layer {layer}'s experts ({hf}) are not the model's: "
+                                        "pass the directory the model was loaded from")
 
 
 def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
@@ -115,9 +121,11 @@ def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
     todo = [(i, layer) for i, layer in enumerate(layers) if not isinstance(layer.mlp.experts, TritonGptOssExperts)]
     if not todo:
         return
-    if type(todo[0][1].mlp) not in (GptOssMLP, TritonGptOssMLP):
-        raise UnsupportedModelError(f"layer {todo[0][0]}'s MoE block is {type(todo[0][1].mlp).__name__}, not "
-                                    "transformers' GptOssMLP: swap it before other patches, or leave moe=False")
+    for i, layer in todo:
+        if type(layer.mlp) not in (GptOssMLP, TritonGptOssMLP) or not hasattr(layer.mlp.experts, "down_proj_bias"):
+            raise UnsupportedModelError(f"layer {i}'s MoE block is {type(layer.mlp).__name__} with "
+                                        f"{type(layer.mlp.experts).__name__}, not transformers' GptOssMLP and its "
+                                        "experts: apply before other patches, or pass moe=False")
     if checkpoint is None:
         kind = type(todo[0][1].mlp.experts).__name__
         raise UnsupportedModelError(
@@ -128,10 +136,11 @@ def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
         raise UnsupportedModelError(f"config.swiglu_alpha {config.swiglu_alpha}: the MoE kernels compute swiglu "
                                     f"with alpha {SWIGLU_ALPHA}")
     tensors = _read_experts(checkpoint, config, device)
+    for i, layer in todo:  # every layer checked before any is swapped: a refusal leaves the model as it was
+        _check_same_experts(i, layer.mlp.experts, tensors, checkpoint)
     for i, layer in todo:
         p = f"block.{i}.mlp."
         old = layer.mlp.experts
-        _check_same_experts(i, old, tensors, checkpoint)
         layer.mlp.experts = TritonGptOssExperts(
             tensors[p + "mlp1_weight.blocks"], tensors[p + "mlp1_weight.scales"], old.gate_up_proj_bias.data,
             tensors[p + "mlp2_weight.blocks"], tensors[p + "mlp2_weight.scales"], old.down_proj_bias.data,
