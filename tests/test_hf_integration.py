@@ -193,3 +193,25 @@ def test_mask_function_takes_causal_and_sliding_masks_only(ours):
     assert triton_attention_mask(2, 1, 4, 9, 6, mu.sliding_window_causal_mask_function(4), None, **kw) is None
     with pytest.raises(ValueError, match="neither causal nor sliding-window causal"):
         triton_attention_mask(2, 7, 7, 0, 0, mu.bidirectional_mask_function, None, **kw)
+
+
+def test_takes_the_blocks_transformers_builds_for_its_hub_kernels(checkpoint, ours):
+    """Loaded for transformers' hub MXFP4 kernels (a GPU with them installed), each layer holds Mxfp4GptOssMLP
+    with the hub's swizzled weights: apply reads the checkpoint's packed ones instead, checked by the biases. Built
+    here from the dequantized model, as that loading would leave it (fp32 biases, no dense weights)."""
+    from transformers.integrations.mxfp4 import Mxfp4GptOssExperts, Mxfp4GptOssMLP
+    model = _load(checkpoint)
+    for layer in model.model.layers:
+        experts = Mxfp4GptOssExperts(model.config).to(DEVICE)
+        experts.gate_up_proj_bias.copy_(layer.mlp.experts.gate_up_proj_bias)
+        experts.down_proj_bias.copy_(layer.mlp.experts.down_proj_bias)
+        layer.mlp = Mxfp4GptOssMLP(layer.mlp.router, experts)
+    integration.apply(model, checkpoint=checkpoint)
+    for theirs_layer, our_layer in zip(model.model.layers, ours.model.layers):
+        assert type(theirs_layer.mlp) is TritonGptOssMLP
+        a, b = theirs_layer.mlp.experts.state_dict(), our_layer.mlp.experts.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = _load(checkpoint)
+    other.model.layers[1].mlp.experts.down_proj_bias.data[0, 0] += 1  # a wrong bias is caught
+    with pytest.raises(integration.UnsupportedModelError, match="layer 1's experts \\(down_proj\\) are not the model's"):
+        integration.apply(other, checkpoint=checkpoint)

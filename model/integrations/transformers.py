@@ -115,17 +115,20 @@ def _check_same_experts(layer: int, experts, tensors: dict, path) -> None:
 
 
 def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
+    from transformers.integrations.mxfp4 import Mxfp4GptOssMLP
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
 
     from .hf_modules import TritonGptOssExperts, TritonGptOssMLP, TritonGptOssTopKRouter
+    # transformers' own MoE blocks: dense experts, or (MXFP4 loaded for its hub kernels) Mxfp4GptOssMLP
+    blocks = (GptOssMLP, TritonGptOssMLP, Mxfp4GptOssMLP)
     todo = [(i, layer) for i, layer in enumerate(layers) if not isinstance(layer.mlp.experts, TritonGptOssExperts)]
     if not todo:
         return
     for i, layer in todo:
-        if type(layer.mlp) not in (GptOssMLP, TritonGptOssMLP) or not hasattr(layer.mlp.experts, "down_proj_bias"):
+        if type(layer.mlp) not in blocks or not hasattr(layer.mlp.experts, "down_proj_bias"):
             raise UnsupportedModelError(f"layer {i}'s MoE block is {type(layer.mlp).__name__} with "
-                                        f"{type(layer.mlp.experts).__name__}, not transformers' GptOssMLP and its "
-                                        "experts: apply before other patches, or pass moe=False")
+                                        f"{type(layer.mlp.experts).__name__}, not one of transformers' gpt-oss MoE "
+                                        "blocks: apply before other patches, or pass moe=False")
     if checkpoint is None:
         kind = type(todo[0][1].mlp.experts).__name__
         raise UnsupportedModelError(
