@@ -110,7 +110,11 @@ def test_every_swapped_module_runs_our_kernels(ours):
     L = len(layers)
     cache = transformers.DynamicCache(config=ours.config)
     tokens = PROMPT.to(DEVICE)
-    prefill = _ops(lambda: ours(input_ids=tokens, cache=cache, use_cache=True))
+    out = {}
+    prefill = _ops(lambda: out.update(ours(input_ids=tokens, cache=cache, use_cache=True, output_router_logits=True)))
+    # transformers' output recorders still find our router: its logits per layer, and the aux loss from them
+    assert [tuple(r.shape) for r in out["router_logits"]] == [(tokens.numel(), CONFIG.num_experts)] * L
+    assert torch.isfinite(out["aux_loss"])
     assert prefill == dict(rmsnorm=2 * L + 1, attention=L, decode_attention=0, routing=L, moe_mlp1=L, moe_mlp2=L)
     decode = _ops(lambda: ours(input_ids=tokens[:, :1], cache=cache, use_cache=True))
     assert decode == dict(rmsnorm=2 * L + 1, attention=0, decode_attention=L, routing=L, moe_mlp1=L, moe_mlp2=L)

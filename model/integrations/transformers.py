@@ -6,8 +6,9 @@
 
 and keep the rest (`generate()`, its DynamicCache, pipelines). `apply` swaps, in place on the built model:
 - moe: each layer's router and experts -> fused routing and the MXFP4 grouped GEMMs, reading the checkpoint's
-  packed `*_blocks` / `*_scales` (transformers' MXFP4 loading dequantizes them to bf16 on a CPU, and on a GPU
-  swizzles them into its hub kernels' layout; either way the packed bytes are read again from `checkpoint`);
+  packed `*_blocks` / `*_scales` again from `checkpoint` (transformers' MXFP4 loading either dequantizes them to
+  bf16, `Mxfp4Config(dequantize=True)`, or swizzles them into its hub kernels' layout, Mxfp4GptOssMLP); the
+  router's logits still reach transformers' output recorders (`output_router_logits`);
 - rmsnorm: every GptOssRMSNorm -> our rmsnorm kernel;
 - attention: registers the attention implementation "gpt_oss_triton" (sinks, sliding window, prefill and
   decode against transformers' dynamic cache) and selects it.
