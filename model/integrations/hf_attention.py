@@ -35,7 +35,7 @@ def triton_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     B, Hq, T, D = query.shape
     S = key.shape[2]
     scale = D ** -0.5 if scaling is None else scaling
-    # A window no key is ever that far from a query is no window: and the kernels take a cache of L >= window.
+    # With S <= window no key is a window away from any query, so no band (and the kernels want L >= window).
     window = sliding_window if sliding_window and S > sliding_window else 0
     k, v = key.transpose(1, 2).contiguous(), value.transpose(1, 2).contiguous()  # [B, S, Hkv, D]
     if T == 1:

@@ -77,9 +77,9 @@ def _gpt_oss_layers(model: torch.nn.Module) -> list:
     return layers
 
 
-def _read_experts(checkpoint, config, device: torch.device) -> dict:
-    """The checkpoint's packed expert blocks and scales and their biases (canonical names), every header checked,
-    nothing else read."""
+def _read_experts(checkpoint, config) -> dict:
+    """The checkpoint's packed expert blocks and scales and their biases (canonical names) as views of its
+    memory-mapped files, every header checked, nothing else read."""
     path = os.fspath(checkpoint)
 
     def experts_only(ckpt_config):
@@ -93,7 +93,7 @@ def _read_experts(checkpoint, config, device: torch.device) -> dict:
     if ours != theirs:
         raise UnsupportedModelError(f"checkpoint {path} holds (layers, experts, hidden, intermediate) {theirs}, the "
                                     f"model {ours}: not the checkpoint this model was loaded from")
-    return {name: t.to(device) for name, t in ckpt.tensors.items() if name.endswith(_EXPERT_TENSORS)}
+    return {name: t for name, t in ckpt.tensors.items() if name.endswith(_EXPERT_TENSORS)}
 
 
 def _check_same_experts(layer: int, experts, tensors: dict, path) -> None:
@@ -104,12 +104,12 @@ def _check_same_experts(layer: int, experts, tensors: dict, path) -> None:
     p = f"block.{layer}.mlp."
     for hf, ours in (("gate_up_proj", "mlp1"), ("down_proj", "mlp2")):
         bias = getattr(experts, hf + "_bias")
-        same = torch.equal(tensors[p + ours + "_bias"].to(bias.device, bias.dtype), bias.data)
+        same = torch.equal(tensors[p + ours + "_bias"].to(bias.dtype), bias.data.cpu())
         dense = getattr(experts, hf, None)
         if same and isinstance(dense, torch.nn.Parameter) and dense.dim() == 3 and dense.is_floating_point():
             want = mxfp4_dequantize(tensors[p + ours + "_weight.blocks"][0], tensors[p + ours + "_weight.scales"][0],
                                     torch.float32).T
-            same = torch.equal(want.to(dense.dtype), dense[0].data)
+            same = torch.equal(want.to(dense.dtype), dense[0].data.cpu())
         if not same:
             raise UnsupportedModelError(f"checkpoint {path}: layer {layer}'s experts ({hf}) are not the model's: "
                                         "pass the directory the model was loaded from")
@@ -139,16 +139,16 @@ def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
     if getattr(config, "swiglu_alpha", SWIGLU_ALPHA) != SWIGLU_ALPHA:
         raise UnsupportedModelError(f"config.swiglu_alpha {config.swiglu_alpha}: the MoE kernels compute swiglu "
                                     f"with alpha {SWIGLU_ALPHA}")
-    tensors = _read_experts(checkpoint, config, device)
+    tensors = _read_experts(checkpoint, config)
     for i, layer in todo:  # every layer checked before any is swapped: a refusal leaves the model as it was
         _check_same_experts(i, layer.mlp.experts, tensors, checkpoint)
-    for i, layer in todo:
+    for i, layer in todo:  # one layer's packed experts on the device at a time, its old experts then freed
         p = f"block.{i}.mlp."
         old = layer.mlp.experts
-        layer.mlp.experts = TritonGptOssExperts(
-            tensors[p + "mlp1_weight.blocks"], tensors[p + "mlp1_weight.scales"], old.gate_up_proj_bias.data,
-            tensors[p + "mlp2_weight.blocks"], tensors[p + "mlp2_weight.scales"], old.down_proj_bias.data,
-            config.swiglu_limit)
+        w1, s1, w2, s2 = (tensors[p + name].to(device) for name in ("mlp1_weight.blocks", "mlp1_weight.scales",
+                                                                     "mlp2_weight.blocks", "mlp2_weight.scales"))
+        layer.mlp.experts = TritonGptOssExperts(w1, s1, old.gate_up_proj_bias.data, w2, s2, old.down_proj_bias.data,
+                                                config.swiglu_limit)
         layer.mlp.router.__class__ = TritonGptOssTopKRouter
         layer.mlp.__class__ = TritonGptOssMLP
 
