@@ -29,11 +29,11 @@ GREEDY_PROMPT = torch.arange(15, 21)[None]  # its greedy path keeps a clear marg
 OUR_OPS = ("rmsnorm", "attention", "decode_attention", "routing", "moe_mlp1", "moe_mlp2")
 
 
-def _load(path, dtype=torch.bfloat16):
+def _load(path, dtype=torch.bfloat16, **kwargs):
     # dequantize=True: on the CPU with the `kernels` library installed transformers would fetch hub kernels (no
     # network); it is also the one MXFP4 path transformers runs on any device.
     quant = transformers.Mxfp4Config(dequantize=True)
-    model = transformers.GptOssForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant)
+    model = transformers.GptOssForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant, **kwargs)
     return model.eval().to(DEVICE)
 
 
@@ -88,9 +88,12 @@ def test_greedy_generate_matches_transformers(theirs, ours):
 
 def test_attention_and_rmsnorm_in_fp32(checkpoint):
     """Without the MoE swap (the MoE kernels take bf16 only) the model runs fp32: our attention and RMSNorm give
-    transformers' logits to fp32 tolerance, on a prefill and on decode steps past the window."""
+    transformers' logits to fp32 tolerance, on a prefill and on decode steps past the window. The attention is
+    chosen at load time here (register_attention), the way transformers users pick one."""
     theirs32 = _load(checkpoint, torch.float32)
-    ours32 = integration.apply(_load(checkpoint, torch.float32), moe=False)
+    ours32 = _load(checkpoint, torch.float32, attn_implementation=integration.register_attention())
+    assert ours32.config._attn_implementation == "gpt_oss_triton"
+    integration.apply(ours32, moe=False, attention=False)
     tokens = PROMPT.to(DEVICE)
     assert_close(ours32(input_ids=tokens).logits, theirs32(input_ids=tokens).logits, torch.float32, name="prefill")
     cache_ours = transformers.DynamicCache(config=ours32.config)

@@ -162,6 +162,14 @@ def _swap_rmsnorm(model: torch.nn.Module) -> None:
             module.__class__ = TritonGptOssRMSNorm
 
 
+def register_attention() -> str:
+    """Register our attention with transformers, no model needed: `from_pretrained(...,
+    attn_implementation=register_attention())` then builds the model with it. Returns its name."""
+    check_version()
+    from .hf_attention import register
+    return register()
+
+
 def apply(model: torch.nn.Module, checkpoint=None, *, moe: bool = True, rmsnorm: bool = True,
           attention: bool = True) -> torch.nn.Module:
     """Swap our kernels into a built transformers gpt-oss model, in place; returns the model.
@@ -181,6 +189,5 @@ def apply(model: torch.nn.Module, checkpoint=None, *, moe: bool = True, rmsnorm:
     if rmsnorm:
         _swap_rmsnorm(model)
     if attention:
-        from .hf_attention import register
-        model.set_attn_implementation(register())
+        model.set_attn_implementation(register_attention())
     return model
