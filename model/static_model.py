@@ -246,8 +246,9 @@ def _merge(models: list) -> list:
     return list(merged.values())
 
 
-def report(config_name: str, batch: int, context: int, device: Device, cache: dict, out=sys.stdout,
+def report(config_name: str, batch: int, context: int, device: Device, cache: dict, out=None,
            workers: int = 1) -> dict:
+    out = sys.stdout if out is None else out
     config = GptOssConfig.preset(config_name)
     models, _, roof = model_step(config, batch, context, device, cache, workers)
     nodes = graph_nodes(models)
