@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     from gpt_oss_triton.model.static_model import H100
 
     if args.dry_run:
-        args.models, args.batch, args.context, args.steps, args.no_model = ["tiny"], args.batch[:2], 16, 2, True
+        args.models, args.batch, args.context, args.steps, args.no_model = ["tiny"], args.batch[:2], 16, 1, True
         dev = torch.device("cpu")
     elif not torch.cuda.is_available():
         raise SystemExit("static_vs_measured: no CUDA device (use --dry-run to exercise it on the CPU)")
@@ -269,9 +269,10 @@ def main(argv=None) -> int:
         bandwidth, device = float("nan"), dataclasses.replace(H100, name="cpu (dry run)")
     print(f"{device.name}: {device.sms} SMs, measured copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     record = {"environment": environment(device.name), "bandwidth": bandwidth, "results": [], "errors": []}
-    compile_cache = {}
-    for name in args.models:
+    configs = {}
+    for name in args.models:  # measured first, every case written as it comes: a time limit loses no measurement
         model = GptOss.from_pretrained(args.checkpoint or name, backend="triton", device=dev)
+        configs[name] = model.config
         for batch in args.batch:
             r = {"model": name, "batch": batch, "context": args.context}
             try:
@@ -282,21 +283,33 @@ def main(argv=None) -> int:
                     del s
                     if args.force:
                         r["forced"] = forced_steps(model, batch, args.context, args.steps)
-                if not args.no_model:
-                    r["modelled"] = modelled(name, model.config, batch, args.context, device, compile_cache)
-                print_case(name, batch, r)
                 record["results"].append(r)
+                print_case(name, batch, r)
             except Exception as e:  # one case failing (memory, a kernel) leaves the others to run
                 traceback.print_exc()
                 record["errors"].append({"model": name, "batch": batch, "error": f"{type(e).__name__}: {e}"})
             _free()
-        record["autotuned"] = tuned_picks()
+            record["autotuned"] = tuned_picks()
+            _write(record, args.json)
         del model
         _free()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1, default=str)
+    compile_cache = {}
+    for r in record["results"] if not args.no_model else []:  # the static model: CPU work, after the GPU's
+        try:
+            r["modelled"] = modelled(r["model"], configs[r["model"]], r["batch"], args.context, device, compile_cache)
+            print_case(r["model"], r["batch"], r)
+        except Exception as e:
+            traceback.print_exc()
+            record["errors"].append({"model": r["model"], "batch": r["batch"], "error": f"model: {e}"})
+        _write(record, args.json)
     return 1 if record["errors"] and not record["results"] else 0
+
+
+def _write(record: dict, path: str | None):
+    if path:
+        with open(path + ".part", "w") as f:
+            json.dump(record, f, indent=1, default=str)
+        os.replace(path + ".part", path)
 
 
 if __name__ == "__main__":

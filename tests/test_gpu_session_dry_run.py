@@ -54,8 +54,8 @@ def test_static_vs_measured_dry_run_records_each_case(tmp_path, monkeypatch, cap
         assert r["measured"]["engine_step_s"] > 0 and r["measured"]["replay_step_s"] > 0
         assert len(r["forced"]) == groups > 0 and all("replay_step_s" in f for f in r["forced"])
     assert {n: list(t.configs) for n, t in tuners.items()} == before  # forcing leaves every tuner as it was
-    # per case: 2 warm-up steps, then engine and replay timings of 2 steps each; the same for each forced config
-    assert stand_in.steps == 2 * (1 + groups) * (2 + 2 + 2)
+    # per case: 2 warm-up steps, then engine and replay timings of 1 step each; the same for each forced config
+    assert stand_in.steps == 2 * (1 + groups) * (2 + 1 + 1)
     assert "engine step" in capsys.readouterr().out
 
 
