@@ -25,6 +25,7 @@ them in order), no L2 reuse across launches, every main-loop trip alike, uniform
     python -m gpt_oss_triton.model.static_model [--models gpt-oss-20b gpt-oss-120b] [--batch 1 64] [--context 1024]
 """
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -86,6 +87,7 @@ class LaunchModel:
     t_issue: float = 0.0
     t_latency: float = 0.0
     fixed: float = 0.0                      # graph node + ramp + drain + split end (expected)
+    terms: dict = dataclasses.field(default_factory=dict)  # the expected time by term: node, ramp, body, ...
     bound: str = ""
     time: float = 0.0
     time_optimistic: float = 0.0
@@ -206,7 +208,13 @@ def compile_all(jobs: list, arch: int, workers: int = 1) -> list:
 def _model_torch(launch, device: Device) -> LaunchModel:
     opt, exp = (charge_torch(launch.bytes, launch.count, device, c) for c in (OPTIMISTIC, EXPECTED))
     return LaunchModel(launch.op, 1, kernels=launch.count, bytes=launch.bytes, t_mem=exp.t_mem,
-                       fixed=exp.total - exp.body, bound="launch", time=exp.total, time_optimistic=opt.total)
+                       fixed=exp.total - exp.body, terms=_terms(exp), bound="launch", time=exp.total,
+                       time_optimistic=opt.total)
+
+
+def _terms(charge) -> dict:
+    return {"graph node": charge.node, "ramp": charge.ramp, "body": charge.body, "drain": charge.drain,
+            "split end": charge.split}
 
 
 def _model_triton(ck, launch, constexprs, options, grid, env, device: Device) -> LaunchModel:
@@ -230,8 +238,8 @@ def _model_triton(ck, launch, constexprs, options, grid, env, device: Device) ->
         loop_per_byte=loop * warps / per_iter_bytes if per_iter_bytes and not per_iter_weights else float("nan"),
         bytes=traffic.total, instructions=instructions, resident=exp.resident, waves=exp.waves, trips=exp.trips,
         ahead=exp.ahead, depth=exp.depth, inflight=exp.inflight, split_end=exp.split_end, t_mem=exp.t_mem,
-        t_issue=exp.t_issue, t_latency=exp.t_latency, fixed=exp.total - exp.body, bound=exp.bound, time=exp.total,
-        time_optimistic=opt.total)
+        t_issue=exp.t_issue, t_latency=exp.t_latency, fixed=exp.total - exp.body, terms=_terms(exp),
+        bound=exp.bound, time=exp.total, time_optimistic=opt.total)
 
 
 def _merge(models: list) -> list:
@@ -267,6 +275,13 @@ def report(config_name: str, batch: int, context: int, device: Device, cache: di
               f"{m.t_mem * 1e6:>7.2f}{m.fixed * 1e6:>7.2f}{m.time * 1e6:>8.2f}{m.time_optimistic * 1e6:>7.2f}"
               f" {m.bound}{' +split' if m.split_end else ''}", file=out)
     optimistic, expected = step_range(models)
+    terms = collections.Counter()
+    for m in models:
+        for term, t in m.terms.items():
+            terms[term] += t * m.count
+        if m.bound in ("latency", "issue"):
+            terms[f"over bandwidth ({m.bound})"] += (m.terms["body"] - m.t_mem) * m.count
+    print("expected step by term: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in terms.items()), file=out)
     fractions = roof / optimistic, roof / expected
     print(f"modelled step {optimistic * 1e3:.3f}-{expected * 1e3:.3f} ms: {batch / expected:,.0f}-"
           f"{batch / optimistic:,.0f} tok/s (expected-optimistic); roofline {roof * 1e3:.3f} ms: {batch / roof:,.0f} "
@@ -275,6 +290,7 @@ def report(config_name: str, batch: int, context: int, device: Device, cache: di
             "launches": nodes, "step_ms": {"optimistic": optimistic * 1e3, "expected": expected * 1e3},
             "tok_s": {"optimistic": batch / optimistic, "expected": batch / expected}, "roofline_tok_s": batch / roof,
             "fraction": {"optimistic": fractions[0], "expected": fractions[1]},
+            "expected_terms_ms": {k: v * 1e3 for k, v in terms.items()},
             "kernels": [dataclasses.asdict(m) for m in models]}
 
 
