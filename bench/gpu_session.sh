@@ -58,7 +58,7 @@ step bandwidth 30 $PY -c "
 import torch
 from gpt_oss_triton.model.roofline import measure_copy_bandwidth
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-print(f'copy bandwidth (read + written): {measure_copy_bandwidth(dev, 1 << 30 if dev == \"cuda\" else 1 << 24) / 1e9:.0f} GB/s')"
+print(f'copy bandwidth (read + written): {measure_copy_bandwidth(dev, 1 << 30 if dev == \"cuda\" else 1 << 24) / 1e9:.1f} GB/s')"
 
 TRITON_PRINT_AUTOTUNING=1 step graph_step 210 $PY bench/static_vs_measured.py "${SVM[@]}" \
     --json "$OUT/static_vs_measured.json"
