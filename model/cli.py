@@ -201,14 +201,15 @@ def _load(args, need_tokenizer: bool = True):
 
 
 def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
-    """Writes a ChatStream's pieces, each message under its channel: "[analysis] ..." then "[final] ..."."""
-    channel = None
+    """Writes a ChatStream's pieces, each message under its channel: "[analysis] ..." then "[final] ...".
+    The CLI declares no tools, so no piece is a tool call; a call the model writes anyway is dropped, and
+    a turn that shows no answer says why on stderr."""
+    channel, hidden, answered = None, False, False
     for ch, text in stream:
         if hide_reasoning and ch == "analysis":
+            hidden = True
             continue
-        if isinstance(text, dict):  # a tool call (the CLI offers none, but a model may write one): as text
-            function = text["function"]
-            text = f"{function['name']} " if "name" in function else function["arguments"]
+        answered = answered or ch != "analysis"
         if ch != channel:
             out.write(f"{'' if channel is None else chr(10)}[{ch or 'message'}] ")
             channel = ch
@@ -216,6 +217,20 @@ def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
         out.flush()
     out.write("\n")
     out.flush()
+    for call in stream.dropped_calls:
+        print(f"[the model called {call['recipient']!r}, which is no tool here: the call was dropped]",
+              file=sys.stderr)
+    if not answered:
+        why = (f"no answer within the {stream.stats.new_tokens}-token limit (--max-new-tokens)"
+               if stream.stats.stopped_by == "length" else "the model ended its turn without an answer")
+        print(f"[{why}{'; its reasoning is hidden (--hide-reasoning)' if hidden else ''}]", file=sys.stderr)
+
+
+def _quiet_tool_call_log() -> None:
+    """The CLI says itself what became of a call the model made up: no second line from the library's log."""
+    import logging
+
+    logging.getLogger("gpt_oss_triton.model.tool_calls").addHandler(logging.NullHandler())
 
 
 def _stats_line(stats, model) -> str:
@@ -229,6 +244,7 @@ def cmd_generate(args) -> int:
 
     params = _sampling(args)
     model, tok = _load(args)
+    _quiet_tool_call_log()
     try:
         if args.chat:
             messages = ([{"role": "developer", "content": args.system}] if args.system else [])
@@ -256,6 +272,7 @@ def cmd_chat(args) -> int:
 
     params = _sampling(args)
     model, tok = _load(args)
+    _quiet_tool_call_log()
     start = [{"role": "developer", "content": args.system}] if args.system else []
     history = list(start)
     print(f"gpt-oss-triton chat (reasoning: {args.reasoning}): /reset starts over, /exit or Ctrl-D quits",
@@ -270,6 +287,8 @@ def cmd_chat(args) -> int:
             return 0
         if text == "/reset":
             history = list(start)
+            print("[conversation reset: the next message starts a new one"
+                  f"{' (the --system instructions kept)' if start else ''}]", file=sys.stderr)
             continue
         if not text:
             continue
