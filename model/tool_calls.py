@@ -147,9 +147,10 @@ class ReplyAssembler:
     "function": {"arguments": text}}`). `finish()` at the end, then `messages()` is the reply to send back.
 
     Only calls to `functions` (the declared names) are tool calls; any other message with a recipient is
-    dropped, its `{"recipient", "content"}` kept in `dropped` and logged. `<|call|>` ends the reply (`stopped`). With `parallel_calls`, the reply goes on while the model writes
-    more calls: the ids after a call are held back until their header shows another call (then it streams)
-    or anything else (then the reply ends there and those ids are dropped). `prefix`: ids the prompt forced
+    dropped, its `{"recipient", "content"}` kept in `dropped` and logged. `<|call|>` ends the reply
+    (`stopped`). With `parallel_calls`, the reply goes on while the model writes more calls: the ids after a
+    call are held back until their header shows another call (then it streams) or anything else (then the
+    reply ends there and those ids are dropped). `prefix`: ids the prompt forced
     after `<|start|>assistant` (a call's header), read as if the model had written them; their pieces are in
     `prefix_pieces`.
     """
