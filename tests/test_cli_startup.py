@@ -94,6 +94,8 @@ def test_help_lists_every_route_of_the_server():
     help_text = " ".join(cli.build_parser().format_help().split())
     listed = help_text.split("serve an OpenAI-compatible API: ", 1)[1].split(" make-checkpoint")[0]
     assert listed.split(", ") == [route.split()[1] for route in server.ROUTES]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [route for route in server.ROUTES if f"`{route}`" not in readme] == []  # the README names each too
 
 
 def test_make_checkpoint_help_and_readme_say_what_it_accepts(tmp_path, capsys):
