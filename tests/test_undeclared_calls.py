@@ -24,8 +24,15 @@ THINK = "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant"
 GREEDY = SamplingParams(max_new_tokens=200, temperature=0.0)
 
 
+SDK_TURNS = []  # prompts of the "sdk" conversation so far: its model calls a tool it lacks once, then answers
+
+
 def script(context: str) -> str:
     turn = context.rsplit("<|start|>user<|message|>", 1)[-1]
+    if "sdk" in turn and context.endswith("<|start|>assistant"):  # the whole prompt (not a prefill chunk)
+        SDK_TURNS.append(context)
+        if len(SDK_TURNS) > 1:
+            return "<|channel|>final<|message|>It is noon.<|return|>"
     if "browse" in turn:  # a built-in tool's namespace, which this server does not run
         return THINK + '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"q": 1}<|call|>'
     if "stray" in turn:  # a sampled stray word in the header: no recipient, the text is the answer
@@ -173,3 +180,38 @@ def test_readme_agent_loop_says_when_there_is_no_answer(scripted, capsys):
     exec(code, {"chat": chat, "model": scripted, "params": GREEDY, "messages": messages})
     out = capsys.readouterr().out
     assert "nothing to say" not in out and "Hmm." not in out and "no answer" in out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_agents_sdk_is_never_asked_for_a_tool_it_lacks(client, stream):
+    """The Agents SDK gets no call to a tool it lacks (some versions fail the run with "Tool get_weather not
+    found in agent", others send an error back as its result): the reply is empty, the SDK asks again, and
+    the model answers."""
+    SDK_TURNS.clear()
+    import asyncio
+
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, \
+        set_tracing_disabled
+
+    set_tracing_disabled(True)
+
+    @function_tool(strict_mode=False)  # strict, its grammar would keep the model from the other call at all
+    def get_time() -> str:
+        """The time now."""
+        return "noon"
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=str(client.base_url), api_key="none", max_retries=0,
+                                      timeout=TIMEOUT) as c:
+            agent = Agent(name="clock", tools=[get_time], model=OpenAIChatCompletionsModel(model="scripted",
+                                                                                           openai_client=c),
+                          model_settings=ModelSettings(temperature=0))
+            if not stream:
+                return (await Runner.run(agent, "sdk: weather?", max_turns=3)).final_output
+            result = Runner.run_streamed(agent, "sdk: weather?", max_turns=3)
+            async for _ in result.stream_events():
+                pass
+            return result.final_output
+
+    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == "It is noon." and len(SDK_TURNS) == 2
+    assert "get_weather" not in SDK_TURNS[1]  # no call came back to it in the history
