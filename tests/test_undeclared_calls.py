@@ -24,15 +24,8 @@ THINK = "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant"
 GREEDY = SamplingParams(max_new_tokens=200, temperature=0.0)
 
 
-SDK_TURNS = []  # prompts of the "sdk" conversation so far: its model calls a tool it lacks once, then answers
-
-
 def script(context: str) -> str:
     turn = context.rsplit("<|start|>user<|message|>", 1)[-1]
-    if "sdk" in turn and context.endswith("<|start|>assistant"):  # the whole prompt (not a prefill chunk)
-        SDK_TURNS.append(context)
-        if len(SDK_TURNS) > 1:
-            return "<|channel|>final<|message|>It is noon.<|return|>"
     if "browse" in turn:  # a built-in tool's namespace, which this server does not run
         return THINK + '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"q": 1}<|call|>'
     if "stray" in turn:  # a sampled stray word in the header: no recipient, the text is the answer
@@ -184,10 +177,8 @@ def test_readme_agent_loop_says_when_there_is_no_answer(scripted, capsys):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_agents_sdk_is_never_asked_for_a_tool_it_lacks(client, stream):
-    """The Agents SDK gets no call to a tool it lacks (some versions fail the run with "Tool get_weather not
-    found in agent", others send an error back as its result): the reply is empty, the SDK asks again, and
-    the model answers."""
-    SDK_TURNS.clear()
+    """The Agents SDK gets no call to a tool it lacks (it failed the run: "Tool get_weather not found in agent
+    clock"): the run ends with the reply's (empty) answer."""
     import asyncio
 
     from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, \
@@ -207,11 +198,10 @@ def test_agents_sdk_is_never_asked_for_a_tool_it_lacks(client, stream):
                                                                                            openai_client=c),
                           model_settings=ModelSettings(temperature=0))
             if not stream:
-                return (await Runner.run(agent, "sdk: weather?", max_turns=3)).final_output
-            result = Runner.run_streamed(agent, "sdk: weather?", max_turns=3)
+                return (await Runner.run(agent, "weather?", max_turns=3)).final_output
+            result = Runner.run_streamed(agent, "weather?", max_turns=3)
             async for _ in result.stream_events():
                 pass
             return result.final_output
 
-    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == "It is noon." and len(SDK_TURNS) == 2
-    assert "get_weather" not in SDK_TURNS[1]  # no call came back to it in the history
+    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == ""
