@@ -323,6 +323,9 @@ def _assistant_turns(index: int, message: dict, calls: dict[str, str]) -> list[_
     for k, call in enumerate(tool_calls):
         name, arguments = _tool_call(f"{where}: tool_calls[{k}]", call)
         if isinstance(call.get("id"), str):
+            if call["id"] in calls:  # a tool result could not say which of the two it answers
+                raise ToolsError(f"{where}: tool_calls[{k}].id {call['id']!r} repeats an earlier call's id",
+                                 param="messages")
             calls[call["id"]] = name
         turns.append(_Turn("assistant", arguments, "commentary", f"functions.{name}", "<|constrain|>json"))
     return turns
@@ -333,6 +336,8 @@ def _tool_call(where: str, call) -> tuple[str, str]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict):
         raise ToolsError(f"{where} must be an object with a 'function'", param="messages")
+    if call.get("type", "function") != "function":
+        raise ToolsError(f"{where}.type must be 'function', got {call['type']!r:.80}", param="messages")
     name = function.get("name")
     if not isinstance(name, str) or not name or name != "".join(name.split()):
         raise ToolsError(f"{where}.function.name must be a function's name, got {name!r}", param="messages")

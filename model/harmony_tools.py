@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -63,8 +64,33 @@ def function_tools(tools) -> list[FunctionTool]:
         if parameters is not None and not isinstance(parameters, dict):
             raise ToolsError(f"{where}.function.parameters must be a JSON Schema object, "
                              f"got {type(parameters).__name__}")
+        _check_numbers(parameters, f"{where}.function.parameters")
+        strict = function.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise ToolsError(f"{where}.function.strict must be a boolean, got {strict!r:.80}")
         checked.append(FunctionTool(name, description or "", parameters))
     return checked
+
+
+def _check_numbers(schema, where: str) -> None:
+    """A ToolsError naming the first number in `schema` that openai-harmony's reader (serde_json) cannot hold,
+    so the prompt cannot show it: one past a double's range (1e400 reads as inf, a 400-digit integer)."""
+    stack = [(where, schema)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += reversed([(f"{path}.{k}", v) for k, v in value.items()])  # popped in document order
+        elif isinstance(value, list):
+            stack += reversed([(f"{path}[{i}]", v) for i, v in enumerate(value)])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                finite = math.isfinite(float(value))
+            except OverflowError:  # an integer past a double's range
+                finite = False
+            if not finite:
+                shown = str(value) if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+                raise ToolsError(f"{path}: {shown} is out of a 64-bit float's range (a JSON number such as "
+                                 f"1e400 reads as infinity)")
 
 
 def tools_section(tools: list[FunctionTool]) -> str:

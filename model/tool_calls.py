@@ -5,7 +5,8 @@ protocols (Chat Completions, Responses) share.
   the model choose; `none` leaves them out of the prompt; a named function (or `required` with one tool) forces
   the header `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>` after the prompt's
   `<|start|>assistant`, so the model can only write its arguments; `required` with several tools forces
-  `<|channel|>` and a `ForcedCall` constraint lets the model write only one of their headers.
+  the header up to where their names part (`<|channel|>commentary to=functions.get_` for get_weather and
+  get_time), and a `ForcedCall` constraint lets the model write only the rest of one of their headers.
 - `ReplyAssembler`: a harmony completion, token by token, as reasoning, text and OpenAI tool-call pieces
   (`{"index", "id", "type", "function": {"name", "arguments"}}` first, then argument pieces), and as the
   assistant messages to send back (calls as `tool_calls`). Only a call to a declared function becomes a tool
@@ -16,6 +17,7 @@ protocols (Chat Completions, Responses) share.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -51,7 +53,7 @@ class ToolPlan:
 
     tools: list[dict]  # the tools the prompt shows (empty for tool_choice "none")
     prefix: str = ""  # harmony text forced after the prompt's `<|start|>assistant`
-    choose_from: tuple[str, ...] = ()  # names a ForcedCall constraint picks among (after prefix "<|channel|>")
+    choose_from: tuple[str, ...] = ()  # names a ForcedCall constraint picks among (after the prefix)
 
     @property
     def functions(self) -> tuple[str, ...]:
@@ -66,7 +68,9 @@ class ToolPlan:
         return tokenizer.encode(self.prefix)
 
     def constraint(self, tokenizer: Tokenizer) -> ForcedCall | None:
-        return ForcedCall(tokenizer, self.choose_from) if self.choose_from else None
+        if not self.choose_from:
+            return None
+        return ForcedCall(tokenizer, self.choose_from, typed=self.prefix.removeprefix("<|channel|>"))
 
 
 def _call_header(name: str) -> str:
@@ -89,7 +93,8 @@ def plan_tools(tools, tool_choice="auto") -> ToolPlan:
             raise ToolsError("tool_choice 'required' needs at least one tool in tools", param="tool_choice")
         if len(names) == 1:
             return ToolPlan(tools, _call_header(names[0]))
-        return ToolPlan(tools, "<|channel|>", tuple(names))
+        # What every header shares goes in the prompt: the model's tokens go only to the choice.
+        return ToolPlan(tools, f"<|channel|>commentary to={_FUNCTIONS}{os.path.commonprefix(names)}", tuple(names))
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         function = tool_choice.get("function")
         name = function.get("name") if isinstance(function, dict) else tool_choice.get("name")
@@ -102,13 +107,17 @@ def plan_tools(tools, tool_choice="auto") -> ToolPlan:
 
 
 class ForcedCall:
-    """A TokenConstraint (runtime.engine) for a prompt ending `<|start|>assistant<|channel|>`: the model may only
-    write `commentary to=functions.NAME <|constrain|>json<|message|>` with NAME one of `names`, in any
-    tokenization, choosing among the names still possible token by token; then it writes freely."""
+    """A TokenConstraint (runtime.engine) for a prompt ending `<|start|>assistant<|channel|>` and `typed` (a start
+    of the header): the model may only write the rest of `commentary to=functions.NAME <|constrain|>json<|message|>`
+    with NAME one of `names`, in any tokenization, choosing among the names still possible token by token; then
+    it writes freely."""
 
-    def __init__(self, tokenizer: Tokenizer, names):
+    def __init__(self, tokenizer: Tokenizer, names, typed: str = ""):
         self._tokenizer = tokenizer
-        self._targets = [f"commentary to={_FUNCTIONS}{name} ".encode() for name in names]
+        headers = [f"commentary to={_FUNCTIONS}{name} " for name in names]
+        if not all(h.startswith(typed) for h in headers):
+            raise ValueError(f"the header typed so far, {typed!r}, starts no header of {list(names)}")
+        self._targets = [h[len(typed):].encode() for h in headers]
         self._tail = [tokenizer.token_id("<|constrain|>"), *tokenizer.encode("json", specials=False),
                       tokenizer.token_id("<|message|>")]
         self._written = b""

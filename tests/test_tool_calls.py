@@ -30,7 +30,10 @@ def test_plans():
     assert named.prefix == header and named.tools == [TIME, WEATHER]
     assert plan_tools([TIME, WEATHER], {"type": "function", "name": "get_weather"}).prefix == header  # Responses
     several = plan_tools([WEATHER, TIME], "required")
-    assert (several.prefix, several.choose_from) == ("<|channel|>", ("get_weather", "get_time"))
+    assert (several.prefix, several.choose_from) == ("<|channel|>commentary to=functions.get_",
+                                                     ("get_weather", "get_time"))
+    apart = plan_tools([WEATHER, {"type": "function", "function": {"name": "now"}}], "required")
+    assert apart.prefix == "<|channel|>commentary to=functions."
     with pytest.raises(ToolsError, match="tool_choice names the function 'nope'") as e:
         plan_tools([WEATHER], {"type": "function", "function": {"name": "nope"}})
     assert e.value.param == "tool_choice"

@@ -40,6 +40,7 @@ from .sampling import unpack_bits
 # spend its tokens on blanks; the JSON is otherwise compact.
 _WHITESPACE = " "
 
+_CALL_START = "<|channel|>commentary to=functions."
 MAX_NOTES = 4  # analysis or commentary messages before the answer or a call: a bound, so that a model past its
 # reasoning budget cannot loop on empty ones
 
@@ -84,8 +85,9 @@ def json_schema_grammar(schema: dict | None, strict: bool = True) -> str:
 def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequence[tuple[str, str | None]] = (),
                   parallel: bool = False, forced: str = "") -> str:
     """A harmony assistant reply, from where the prompt left it (after `<|start|>assistant` and `forced`, the
-    header the prompt forced: "", "<|channel|>" or a call's whole header): up to MAX_NOTES free messages on
-    analysis (reasoning) or, when there are tools, commentary (preambles), then either the final answer, its content `final` (a JSON
+    header the prompt forced: "", "<|channel|>", a call's header up to where the tools' names part, or a call's
+    whole header): up to MAX_NOTES free messages on analysis (reasoning) or, when there are tools, commentary
+    (preambles), then either the final answer, its content `final` (a JSON
     rule; None: free text), or a call of one of `tools` ((name, arguments rule; None: free text)), several in a
     row with `parallel`. Headers are harmony's canonical ones; the reply ends with `<|return|>` after the answer
     (`<|end|>` first is allowed) and `<|call|>` after a call."""
@@ -106,6 +108,14 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
                   'final: <|channel|> "final" (" " <|constrain|> "json")? <|message|> answer '
                   '(<|return|> | <|end|> <|return|>)',
                   f"answer: {final or 'text'}"]
+    elif forced.startswith(_CALL_START) and not forced.endswith("<|message|>") and tools:
+        # the header up to where the names part: the rest of one of theirs
+        stem = forced.removeprefix(_CALL_START)
+        rests = [f"{json.dumps(name[len(stem):] + ' ')} <|constrain|> \"json\" <|message|> args{i} <|call|>"
+                 for i, name in enumerate(names) if name.startswith(stem)]
+        if not rests:
+            raise ValueError(f"the forced header {forced!r} starts no tool's call")
+        lines.append(f"start: ({' | '.join(rests)})" + (' (<|start|> "assistant" call)*' if parallel else ""))
     elif forced == "<|channel|>" and tools:
         lines.append("start: call_body" + (' (<|start|> "assistant" call)*' if parallel else ""))
     elif forced.endswith("<|message|>") and forced.count("to=functions.") == 1:
@@ -117,6 +127,38 @@ def reply_grammar(tokenizer: Tokenizer, *, final: str | None = None, tools: Sequ
     else:
         raise ValueError(f"cannot continue a reply from the forced header {forced!r}")
     return "\n".join(line for line in lines if line)
+
+
+def check_satisfiable(tokenizer: Tokenizer, json_rule: str, vocab_size: int, room: int) -> None:
+    """A ValueError unless a JSON value of `json_rule` can start, and the text its schema forces (what llguidance
+    fast-forwards: where one way on is left) lexes and fits in `room` tokens (what the context leaves a reply).
+    llguidance builds its parser and lexer as tokens come, so a schema no value meets (a `$ref` that refers only
+    to itself, a required property that recurses forever) or one past the lexer's limits (the pattern
+    `^(a{1000}){1000}$`) would otherwise show only mid-reply, ending the JSON short of complete."""
+    if json_rule.startswith("%json "):  # checked without whitespace: it never decides, and leaves more forced
+        schema = json.loads(json_rule.removeprefix("%json "))
+        json_rule = "%json " + json.dumps({**schema, "x-guidance": {**schema["x-guidance"], "whitespace_pattern": ""}})
+    matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size),
+                                   llguidance.LLMatcher.grammar_from_lark(f"start: {json_rule}"), log_level=0)
+    forced = 0
+    while not matcher.is_error() and forced <= room:
+        tokens = matcher.compute_ff_tokens()
+        if not tokens:  # a choice is left: some token must be allowed (an empty mask also sets the error)
+            if not any(matcher.compute_logit_bias()) and not matcher.is_error():
+                raise ValueError("no JSON value satisfies the schema")
+            break
+        matcher.consume_tokens(tokens)
+        forced += len(tokens)
+    if matcher.is_error():
+        problem = _first_line(matcher.get_error())
+        raise ValueError("no JSON value satisfies the schema" if problem == "NoExtensionBias" else problem)
+    if forced > room:
+        raise ValueError(f"the schema forces {forced} tokens or more, past the {room} the context leaves the reply")
+
+
+def _first_line(problem: str) -> str:
+    """An llguidance error's first line, without the grammar position ("at 4(9): ")."""
+    return re.sub(r"^at \d+\(\d+\): ", "", problem.splitlines()[0])
 
 
 def json_text_grammar(json_rule: str) -> str:
@@ -142,8 +184,8 @@ class GrammarConstraint:
         llt = grammar_tokenizer(tokenizer, vocab_size)
         compiled = llguidance.LLMatcher.grammar_from_lark(grammar)
         problem = llguidance.LLMatcher.validate_grammar(compiled, llt)
-        if problem:  # its first line, without the grammar position ("at 4(9): ")
-            raise ValueError(re.sub(r"^at \d+\(\d+\): ", "", problem.splitlines()[0]))
+        if problem:
+            raise ValueError(_first_line(problem))
         self.matcher = llguidance.LLMatcher(llt, compiled, log_level=0)
         self.vocab_size = vocab_size
         self._ids = {name: tokenizer.token_id(name) for name in ("<|channel|>", "<|message|>", "<|end|>")}

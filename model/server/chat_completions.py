@@ -15,7 +15,7 @@ from .generation import EventStream, Generation, ServerContext
 
 
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
-    @v1.post("/chat/completions")
+    @v1.post("/chat/completions", openapi_extra=schemas.openapi_body(schemas.ChatCompletionRequest))
     async def chat_completions(request: Request):
         body = schemas.parse_body(schemas.ChatCompletionRequest, await read_json(request))
         ctx.check_model(body)

@@ -21,7 +21,7 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for this endpoint
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
     stops = {ctx.tokenizer.token_id("<|endoftext|>")}
 
-    @v1.post("/completions")
+    @v1.post("/completions", openapi_extra=schemas.openapi_body(schemas.CompletionRequest))
     async def completions(request: Request):
         body = schemas.parse_body(schemas.CompletionRequest, await read_json(request))
         ctx.check_model(body)
@@ -29,7 +29,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
                   if isinstance(body.prompt, str) else body.prompt)
         assembler = TextAssembler(ctx.tokenizer, body.stop_strings(), end_tokens=stops)
         final, _ = structured.format_rule(body.response_format, "response_format")
-        constraint = await structured.text_constraint(ctx, final)
+        constraint = await structured.text_constraint(ctx, final, len(prompt))
         gen = ctx.start(body, prompt, "prompt", body.max_tokens, DEFAULT_COMPLETION_TOKENS, stops, assembler,
                         constraint, logprobs=body.logprobs)
         reply_id = schemas.new_id("cmpl")

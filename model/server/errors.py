@@ -41,8 +41,10 @@ def internal_error(e: BaseException) -> APIError:
     which the message quotes instead of the exception's text."""
     request_id = f"req-{uuid.uuid4().hex[:16]}"
     log.error("internal error %s", request_id, exc_info=e)
+    # The connection closes after it (the app's exception reaches uvicorn, which then drops the connection):
+    # the client is told so rather than finding a keep-alive connection cut.
     return APIError(500, f"internal error (request id {request_id}); the server's log has the details",
-                    type="server_error", code="internal_error")
+                    type="server_error", code="internal_error", headers={"Connection": "close"})
 
 
 def shutting_down() -> APIError:

@@ -80,7 +80,7 @@ class ResponsesRequest(schemas.GenerationRequest):
 def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
     stored: OrderedDict[str, tuple[list[dict], dict]] = OrderedDict()  # id -> (conversation, response)
 
-    @v1.post("/responses")
+    @v1.post("/responses", openapi_extra=schemas.openapi_body(ResponsesRequest))
     async def create_response(request: Request):
         body = schemas.parse_body(ResponsesRequest, await read_json(request))
         ctx.check_model(body)
@@ -116,7 +116,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
         # The Responses API's function tools are strict unless they say otherwise.
         constraint = await structured.reply_constraint(ctx, plan, final=final, parallel=parallel,
                                                        max_tokens=max_tokens, prompt_len=len(prompt),
-                                                       strict_default=True)
+                                                       strict_default=True, format_param="text")
         gen = ctx.start(body, prompt, "input", max_tokens, ctx.default_max_tokens,
                         tool_calls.stop_tokens(ctx.tokenizer, parallel), assembler, constraint)
         response = _response(f"resp_{uuid.uuid4().hex}", ctx.model_name, body, effort)
@@ -179,8 +179,7 @@ def input_messages(items) -> list[dict]:
             messages.append({"role": "tool", "tool_call_id": _field(item, "call_id", where),
                              "content": _text(item.get("output"), f"{where}.output")})
         elif kind == "reasoning":
-            parts = item.get("content") or item.get("summary") or []
-            text = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+            text = _reasoning_text(item, where)
             if text:
                 messages.append({"role": "assistant", "content": None, "reasoning_content": text})
         else:
@@ -194,6 +193,25 @@ def _field(item: dict, name: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise APIError(400, f"{where}.{name} must be a non-empty string", param="input")
     return value
+
+
+def _reasoning_text(item: dict, where: str) -> str:
+    """A reasoning item's text: its `content` parts' (reasoning_text), else its `summary` parts' (summary_text).
+    Each is a list of `{"type", "text": str}` objects; anything else is a 400, never text silently dropped."""
+    texts = {}
+    for field in ("content", "summary"):
+        parts = item.get(field)
+        if parts is None:
+            continue
+        if not isinstance(parts, list):
+            raise APIError(400, f"{where}.{field} must be a list of {{'type': 'reasoning_text', 'text': str}} "
+                                f"parts, got {type(parts).__name__}", param="input")
+        for k, part in enumerate(parts):
+            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                raise APIError(400, f"{where}.{field}[{k}] must be an object with a string 'text', got "
+                                    f"{part!r:.80}", param="input")
+        texts[field] = "".join(part["text"] for part in parts)
+    return texts.get("content") or texts.get("summary", "")
 
 
 def _text(content, where: str) -> str:

@@ -1,6 +1,7 @@
 """The wire format: request bodies (validated with pydantic) and the response objects OpenAI clients read."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Literal
@@ -13,6 +14,7 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_TOP_LOGPROBS = 20  # Chat Completions' top_logprobs, as OpenAI's
 MAX_COMPLETION_LOGPROBS = 5  # Completions' logprobs, as OpenAI's
 LOGPROB_FLOOR = -9999.0  # OpenAI's stand-in for -inf: a token the sampler could not have drawn
+_TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 class StreamOptions(BaseModel):
@@ -39,12 +41,14 @@ class GenerationRequest(BaseModel):
     response_format: dict | None = None  # checked by structured.format_rule
 
     def token_bias(self) -> dict[int, float]:
-        """logit_bias with its keys as token ids; a 400 for a key that is not one."""
-        try:
-            return {int(k): v for k, v in (self.logit_bias or {}).items()}
-        except ValueError:
-            raise APIError(400, "logit_bias keys must be token ids (integers written as strings)",
-                           param="logit_bias") from None
+        """logit_bias with its keys as token ids; a 400 for a key that is not one written canonically (ASCII
+        digits, no sign, space or leading zero: int() would take " 7", "+7", "1_0" and "٧", and "07" beside "7"
+        would name one id twice)."""
+        bad = [k for k in self.logit_bias or {} if not _TOKEN_ID.fullmatch(k)]
+        if bad:
+            raise APIError(400, f"logit_bias keys must be token ids written as decimal integers (\"7\"), got "
+                                f"{bad[0]!r:.40}", param="logit_bias")
+        return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -79,6 +83,19 @@ class CompletionRequest(GenerationRequest):
     # allowed_special="all" would) or token ids (exactly those ids).
     prompt: str | list[int]
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = None  # the three below: refused unless their defaults, rather than ignored
+    echo: bool | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.best_of not in (None, 1):
+            raise APIError(400, f"only best_of=1 is supported, got best_of={self.best_of}", param="best_of")
+        if self.echo:
+            raise APIError(400, "echo is not supported by this server: the reply holds the new text only",
+                           param="echo")
+        if self.suffix:
+            raise APIError(400, "suffix (text after the insertion) is not supported by this server", param="suffix")
 
 
 def parse_body(model_cls: type[BaseModel], data) -> BaseModel:
@@ -95,6 +112,22 @@ def parse_body(model_cls: type[BaseModel], data) -> BaseModel:
         # param names the top-level field; the message says where inside it (e.g. which member of a union).
         raise APIError(400, f"{where}: {first['msg']}" if where else first["msg"],
                        param=str(first["loc"][0]) if first["loc"] else None) from None
+
+
+def openapi_body(model_cls: type[BaseModel]) -> dict:
+    """A route's `openapi_extra` declaring `model_cls` as its JSON body, for schema-driven clients: the routes
+    read their bodies themselves (`parse_body`), so FastAPI would declare none. Nested models are inlined."""
+    schema = model_cls.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(value):
+        if isinstance(value, dict):
+            if isinstance(value.get("$ref"), str):
+                return inline(defs[value["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in value.items()}
+        return [inline(v) for v in value] if isinstance(value, list) else value
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def new_id(prefix: str) -> str:

@@ -7,7 +7,8 @@
 - Content-Type: a browser sends a cross-site POST without asking first when it is a form or text/plain, so a
   request with a body must say `application/json` (UTF-8), or it gets a 415 before anything runs.
 - Size and time: a body over `max_body_bytes` is a 413 (at once when Content-Length says so), and one that
-  does not arrive within `read_timeout` seconds a 408.
+  does not arrive within `read_timeout` seconds a 408. A request head over `MAX_HEAD_BYTES` is a 431: h11
+  refuses one that arrives slowly, but takes one that comes in a single read, whatever its size.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .errors import APIError
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MAX_HEAD_BYTES = 16 * 1024  # as h11's buffer for a head still arriving
 
 
 def host_name(host: str) -> str:
@@ -70,6 +72,11 @@ class RequestGuard:
         await self.app(scope, self._bounded(receive), send)
 
     def _refusal(self, scope) -> APIError | None:
+        head = len(scope.get("raw_path") or b"") + len(scope["query_string"]) + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])  # each as "name: value\r\n"
+        if head > MAX_HEAD_BYTES:
+            return APIError(431, f"the request's headers exceed this server's limit of {MAX_HEAD_BYTES} bytes",
+                            code="request_header_fields_too_large", headers={"Connection": "close"})
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host")
         if host is not None and not host_allowed(host, self.allowed):
@@ -78,7 +85,8 @@ class RequestGuard:
                             code="host_not_allowed")
         if scope["method"] not in BODY_METHODS:
             return None
-        media_error = _media_type_error(headers.get("content-type", ""))
+        # Only POST routes take bodies: PUT or PATCH goes on to the router's 405, whatever it carries.
+        media_error = _media_type_error(headers.get("content-type", "")) if scope["method"] == "POST" else None
         if media_error is not None:
             return media_error
         length = headers.get("content-length", "")

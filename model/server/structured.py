@@ -60,21 +60,35 @@ def tool_rules(tools: list[dict], strict_default: bool = False) -> list[tuple[st
     return rules
 
 
+def _check_rules(ctx, rules, vocab: int, room: int) -> None:
+    """A 400 for the first (JSON rule, request field) whose schema no reply of `room` tokens can meet. A
+    `max_tokens` below what a schema needs is no error: the reply ends "length", as OpenAI's does."""
+    for rule, param in rules:
+        if rule is not None:
+            try:
+                grammar.check_satisfiable(ctx.tokenizer, rule, vocab, room)
+            except ValueError as e:
+                raise APIError(400, f"the {'response format' if param != 'tools' else 'strict tool parameters'} "
+                                    f"cannot be met: {e}", param=param) from None
+
+
 async def reply_constraint(ctx, plan, *, final: str | None, parallel: bool, max_tokens: int | None,
-                           prompt_len: int, strict_default: bool = False):
+                           prompt_len: int, strict_default: bool = False, format_param: str = "response_format"):
     """The reply's constraint: a grammar when the answer has a format or a tool is strict, else what the
-    tool plan forces (tool_calls.ForcedCall or None). Built off the event loop: the grammar engine's view of the
-    tokenizer takes ~10 s the first time (app.create_app starts it early)."""
+    tool plan forces (tool_calls.ForcedCall or None); a 400 naming `format_param` or `tools` for a schema no
+    reply the context has room for can meet. Built off the event loop: the grammar engine's view of the tokenizer
+    takes ~10 s the first time (app.create_app starts it early)."""
     tools = tool_rules(plan.tools, strict_default)
     if final is None and all(rule is None for _, rule in tools):
         return plan.constraint(ctx.tokenizer)
+    room = ctx.worker.engine.max_len - prompt_len
     if max_tokens is None:  # as ctx.start resolves it
-        room = ctx.worker.engine.max_len - prompt_len
         max_tokens = min(room, ctx.default_max_tokens or room)
     budget = max(max_tokens - min(max_tokens // 2, ANSWER_RESERVE), 0)
     vocab = ctx.worker.engine.model.config.vocab_size
 
     def build():
+        _check_rules(ctx, [(final, format_param), *((rule, "tools") for _, rule in tools)], vocab, room)
         lark = grammar.reply_grammar(ctx.tokenizer, final=final, tools=tools, parallel=parallel,
                                      forced=plan.prefix)
         return grammar.GrammarConstraint(ctx.tokenizer, lark, vocab, reasoning_budget=budget)
@@ -86,13 +100,18 @@ async def reply_constraint(ctx, plan, *, final: str | None, parallel: bool, max_
                        param="tools" if final is None else "response_format") from None
 
 
-async def text_constraint(ctx, final: str | None):
-    """A raw completion's constraint: the JSON of `final`, then `<|endoftext|>` (None: no constraint)."""
+async def text_constraint(ctx, final: str | None, prompt_len: int):
+    """A raw completion's constraint: the JSON of `final`, then `<|endoftext|>` (None: no constraint); a 400 for
+    a schema no completion after `prompt_len` tokens can meet."""
     if final is None:
         return None
     vocab = ctx.worker.engine.model.config.vocab_size
+
+    def build():
+        _check_rules(ctx, [(final, "response_format")], vocab, ctx.worker.engine.max_len - prompt_len)
+        return grammar.GrammarConstraint(ctx.tokenizer, grammar.json_text_grammar(final), vocab)
+
     try:
-        return await asyncio.to_thread(grammar.GrammarConstraint, ctx.tokenizer, grammar.json_text_grammar(final),
-                                       vocab)
+        return await asyncio.to_thread(build)
     except ValueError as e:
         raise APIError(400, f"the response format cannot be enforced: {e}", param="response_format") from None
