@@ -1,12 +1,14 @@
 """The `gpt-oss-triton` command: generate text, chat, benchmark, serve an OpenAI-compatible API, or write a
 synthetic checkpoint."""
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from . import server
 from .config import PRESETS
 
 DEFAULT_MODEL = "tiny"
@@ -31,6 +33,13 @@ def _non_negative_float(s: str) -> float:
     v = float(s)
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _port(s: str) -> int:
+    v = int(s)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535 (0: any free port), got {v}")
     return v
 
 
@@ -132,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model the decode step from its compiled machine code instead (no GPU needed; --model: a "
                         "preset, default both real ones; --prompt-len: the context)")
 
-    s = add("serve", help="serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions)")
+    s = add("serve", help=f"serve an OpenAI-compatible API: {', '.join(r.split()[1] for r in server.ROUTES)}")
     _add_model_args(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 serves this machine only")
-    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--port", type=_port, default=8000, help="port to listen on")
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     s.add_argument("--model-name", default=None,
                    help="the model id clients send (default: the --model directory's name, or 'tiny')")
@@ -161,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve /docs, /redoc and /openapi.json (behind --api-key when it is set)")
 
     m = add("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
-    m.add_argument("out", type=Path, help="directory to create (it must not exist, or be empty); written whole or "
-                                          "not at all")
+    m.add_argument("out", type=Path, help="directory to create (it must not exist, or be an empty directory); "
+                                          "written whole or not at all")
     m.add_argument("--preset", default="tiny", choices=list(PRESETS), help="the model's shapes")
     m.add_argument("--layout", default="hf", choices=("hf", "original"),
                    help="Hugging Face (config.json + model*.safetensors) or the original one")
@@ -201,14 +210,15 @@ def _load(args, need_tokenizer: bool = True):
 
 
 def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
-    """Writes a ChatStream's pieces, each message under its channel: "[analysis] ..." then "[final] ..."."""
-    channel = None
+    """Writes a ChatStream's pieces, each message under its channel: "[analysis] ..." then "[final] ...".
+    The CLI declares no tools, so no piece is a tool call; a call the model writes anyway is dropped, and
+    a turn that shows no answer says why on stderr."""
+    channel, hidden, answered = None, False, False
     for ch, text in stream:
         if hide_reasoning and ch == "analysis":
+            hidden = True
             continue
-        if isinstance(text, dict):  # a tool call (the CLI offers none, but a model may write one): as text
-            function = text["function"]
-            text = f"{function['name']} " if "name" in function else function["arguments"]
+        answered = answered or ch != "analysis"
         if ch != channel:
             out.write(f"{'' if channel is None else chr(10)}[{ch or 'message'}] ")
             channel = ch
@@ -216,6 +226,20 @@ def _show_chat(stream, out, hide_reasoning: bool = False) -> None:
         out.flush()
     out.write("\n")
     out.flush()
+    for call in stream.dropped_calls:
+        print(f"[the model called {call['recipient']!r}, which is no tool here: the call was dropped]",
+              file=sys.stderr)
+    if not answered:
+        why = (f"no answer within the {stream.stats.new_tokens}-token limit (--max-new-tokens)"
+               if stream.stats.stopped_by == "length" else "the model ended its turn without an answer")
+        print(f"[{why}{'; its reasoning is hidden (--hide-reasoning)' if hidden else ''}]", file=sys.stderr)
+
+
+def _quiet_tool_call_log() -> None:
+    """The CLI says itself what became of a call the model made up: no second line from the library's log."""
+    import logging
+
+    logging.getLogger("gpt_oss_triton.model.tool_calls").addHandler(logging.NullHandler())
 
 
 def _stats_line(stats, model) -> str:
@@ -229,6 +253,7 @@ def cmd_generate(args) -> int:
 
     params = _sampling(args)
     model, tok = _load(args)
+    _quiet_tool_call_log()
     try:
         if args.chat:
             messages = ([{"role": "developer", "content": args.system}] if args.system else [])
@@ -256,6 +281,7 @@ def cmd_chat(args) -> int:
 
     params = _sampling(args)
     model, tok = _load(args)
+    _quiet_tool_call_log()
     start = [{"role": "developer", "content": args.system}] if args.system else []
     history = list(start)
     print(f"gpt-oss-triton chat (reasoning: {args.reasoning}): /reset starts over, /exit or Ctrl-D quits",
@@ -270,6 +296,8 @@ def cmd_chat(args) -> int:
             return 0
         if text == "/reset":
             history = list(start)
+            print("[conversation reset: the next message starts a new one"
+                  f"{' (the --system instructions kept)' if start else ''}]", file=sys.stderr)
             continue
         if not text:
             continue
@@ -347,8 +375,15 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise SystemExit(f"gpt-oss-triton: serve needs the 'serve' extra ({e.name} is missing): "
                          'pip install -e ".[serve]" in the repository') from None
-    model, tok = _load(args)
+    # The port first: if it is taken, say so before a minute of loading, and before anything claims to start.
+    try:
+        sock = serving.bind(args.host, args.port)
+    except OSError as e:
+        raise SystemExit(f"gpt-oss-triton: {_bind_error(args.host, args.port, e)}") from None
     name = args.model_name or (Path(args.model).name if args.model else DEFAULT_MODEL)
+    _stage(1, f"loading the model {args.model or DEFAULT_MODEL!r}")
+    model, tok = _load(args)
+    _stage(2, f"building the engine: {args.max_batch} slots of {args.max_len} tokens")
     try:
         app = create_app(model, tok, model_name=name, api_key=args.api_key, max_batch=args.max_batch,
                          max_len=args.max_len, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
@@ -357,11 +392,26 @@ def cmd_serve(args) -> int:
                          docs=args.docs)
     except ValueError as e:
         raise SystemExit(f"gpt-oss-triton: {e}") from None
-    serving.run(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
+    _stage(3, "starting the HTTP server")
+    serving.run(app, sockets=[sock], host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout,
                 read_timeout=args.read_timeout,
                 on_listening=lambda url: print(f"gpt-oss-triton: serving {name!r} on {url}/v1", file=sys.stderr,
                                                flush=True))
     return 0
+
+
+_SERVE_STAGES = 3
+
+
+def _stage(n: int, what: str) -> None:
+    """Progress of `serve`'s startup on stderr: loading can take minutes with nothing else to show."""
+    print(f"gpt-oss-triton: [{n}/{_SERVE_STAGES}] {what}...", file=sys.stderr, flush=True)
+
+
+def _bind_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use: stop what listens there or pass another --port"
+    return f"cannot listen on {host} port {port} (--host, --port): {e.strerror or e}"
 
 
 def cmd_make_checkpoint(args) -> int:

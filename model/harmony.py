@@ -26,6 +26,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 _MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n"
 _CHANNELS_LINE = "# Valid channels: analysis, commentary, final. Channel must be included for every message."
+_RECIPIENT = re.compile(r"functions\.[A-Za-z0-9_.:-]{1,64}|(browser|container)(\.[a-z_]+)?|python|assistant")
 _FUNCTIONS_LINE = "\nCalls to these tools must go to the commentary channel: 'functions'."
 
 
@@ -37,6 +38,12 @@ def stop_tokens(tokenizer: Tokenizer) -> set[int]:
 def stop_tokens_for_assistant_actions(tokenizer: Tokenizer) -> set[int]:
     """Ids that end the assistant's turn: `<|return|>` (answer done) and `<|call|>` (a tool call)."""
     return {tokenizer.token_id("<|return|>"), tokenizer.token_id("<|call|>")}
+
+
+def is_recipient(name: str) -> bool:
+    """Whether a header may address `name`: a function (`functions.NAME`), a built-in tool (`browser`,
+    `browser.search`, `python`, `container.exec`, ...) or the assistant (in a tool's reply)."""
+    return bool(_RECIPIENT.fullmatch(name))
 
 
 def render(
@@ -179,7 +186,10 @@ class StreamParser:
 
     def _parse_header(self) -> dict:
         # e.g. "assistant<|channel|>commentary to=functions.get_weather <|constrain|>json": the channel comes
-        # out first, then the words left are [role] [recipient] [content type], as openai-harmony reads them.
+        # out first, then the words left are [role] [recipient] [content type], as openai-harmony reads them,
+        # but strictly: a recipient is a word `is_recipient` accepts (with or without "to="), and a content
+        # type is a `<|constrain|>` word or the word after the recipient. Any other word (a sampled stray
+        # byte, say) is ignored rather than taken for a tool to call.
         text = self._tokenizer.decode(self._header)
         channel = re.search(r"<\|channel\|>([^\s<]*)", text)
         if channel:
@@ -191,15 +201,17 @@ class StreamParser:
         message = {"role": role}
         if channel and channel.group(1):
             message["channel"] = channel.group(1)
-        if parts:
-            last = parts.pop()
-            if last.startswith("to=") or not parts and not last.startswith("<|constrain|>"):
-                message["recipient"] = last.removeprefix("to=")
-            else:
-                if parts:
-                    message["recipient"] = parts.pop().removeprefix("to=")
-                message["content_type"] = last
-        return message  # words beyond these (openai-harmony's error) are ignored
+        after_recipient = False
+        for word in parts:
+            if "recipient" not in message and is_recipient(word.removeprefix("to=")):
+                message["recipient"] = word.removeprefix("to=")
+                after_recipient = True
+                continue
+            if "content_type" not in message and (word.startswith("<|constrain|>") or after_recipient
+                                                   and not word.startswith("to=")):
+                message["content_type"] = word
+            after_recipient = False
+        return message
 
     def _end_message(self) -> None:
         self._content.append(self._decoder.flush())

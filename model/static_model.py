@@ -143,14 +143,15 @@ def distinct_launches(launches: list) -> list:
 
 
 def model_step(config: GptOssConfig, batch: int, context: int, device: Device = H100, cache: dict | None = None,
-               workers: int = 1):
+               workers: int = 1, progress=None):
     """(launch models, step seconds with the expected constants, roofline seconds) of one decode step; compiles
-    in `workers` processes. `step_range(models)` gives (optimistic, expected) step seconds."""
+    in `workers` processes, counting the kernels compiled on `progress` (a text stream) if given.
+    `step_range(models)` gives (optimistic, expected) step seconds."""
     cache = {} if cache is None else cache
     env = {"context": context}
     launches = step_launches(config, batch, context, device.sms)
     jobs = [(l, c, o) for l, c, o in distinct_launches(launches) if _key(l, c, o, device) not in cache]
-    for job, compiled in zip(jobs, compile_all(jobs, device.arch, workers)):
+    for job, compiled in zip(jobs, compile_all(jobs, device.arch, workers, progress)):
         cache[_key(*job, device)] = compiled
     models = []
     for launch in launches:
@@ -191,18 +192,30 @@ def _compile_job(i):
     return compile_launch(launch, constexprs, options, arch)
 
 
-def compile_all(jobs: list, arch: int, workers: int = 1) -> list:
+def compile_all(jobs: list, arch: int, workers: int = 1, progress=None) -> list:
     """Compile (launch, constexprs, options) jobs for `arch`, in `workers` forked processes (jobs reach them by
-    index: launches do not pickle); the Compiled results in order."""
+    index: launches do not pickle); the Compiled results in order. Minutes for a real model: with `progress` (a
+    text stream) each kernel done is counted there, "compiled n of N", on one line."""
     global _JOBS
     # Triton's default (fusion on), said explicitly: newer Tritons warn on every compile when it is unset
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     _JOBS = [(l, c, o, arch) for l, c, o in jobs]
     if workers <= 1 or len(jobs) <= 1:
-        return [_compile_job(i) for i in range(len(jobs))]
+        return _counted(map(_compile_job, range(len(jobs))), len(jobs), arch, progress)
     import multiprocessing
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return pool.map(_compile_job, range(len(jobs)), chunksize=1)
+        return _counted(pool.imap(_compile_job, range(len(jobs)), chunksize=1), len(jobs), arch, progress)
+
+
+def _counted(results, total: int, arch: int, progress) -> list:
+    done = []
+    for result in results:
+        done.append(result)
+        if progress is not None:
+            progress.write(f"\rstatic model: compiled {len(done)} of {total} kernels for sm_{arch}")
+            progress.write("\n" if len(done) == total else "")
+            progress.flush()
+    return done
 
 
 def _model_torch(launch, device: Device) -> LaunchModel:
@@ -258,7 +271,9 @@ def report(config_name: str, batch: int, context: int, device: Device, cache: di
            workers: int = 1) -> dict:
     out = sys.stdout if out is None else out
     config = GptOssConfig.preset(config_name)
-    models, _, roof = model_step(config, batch, context, device, cache, workers)
+    print(f"static model: {config_name}, batch {batch}: recording the decode step's launches", file=sys.stderr,
+          flush=True)
+    models, _, roof = model_step(config, batch, context, device, cache, workers, progress=sys.stderr)
     nodes = graph_nodes(models)
     print(f"\n{config_name}, batch {batch}, context {context}, {device.name}: {nodes} graph nodes per step", file=out)
     print(f"{'launch':<30}{'n':>4} {'grid':>11} {'config':<30}{'reg':>4}{'spl':>4}{'smem':>7} {'mma':<8}"

@@ -9,10 +9,14 @@ protocols (Chat Completions, Responses) share.
   get_time), and a `ForcedCall` constraint lets the model write only the rest of one of their headers.
 - `ReplyAssembler`: a harmony completion, token by token, as reasoning, text and OpenAI tool-call pieces
   (`{"index", "id", "type", "function": {"name", "arguments"}}` first, then argument pieces), and as the
-  assistant messages to send back (calls as `tool_calls`).
+  assistant messages to send back (calls as `tool_calls`). Only a call to a declared function becomes a tool
+  call: any other message with a recipient (an undeclared function, a built-in tool such as `browser`, any
+  call when no tools were given) is dropped from the reply, with a warning in the log, and its `<|call|>`
+  ends the turn like a `<|return|>`; a client could neither run it nor answer it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from . import harmony
 from .harmony_tools import ToolsError, function_tools
 from .tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
 _FUNCTIONS = "functions."
 _MAX_LOOKAHEAD = 128  # header ids read after a call before deciding that no parallel call follows
 
@@ -49,6 +54,11 @@ class ToolPlan:
     tools: list[dict]  # the tools the prompt shows (empty for tool_choice "none")
     prefix: str = ""  # harmony text forced after the prompt's `<|start|>assistant`
     choose_from: tuple[str, ...] = ()  # names a ForcedCall constraint picks among (after the prefix)
+
+    @property
+    def functions(self) -> tuple[str, ...]:
+        """The names of the functions the prompt shows: the only calls a reply may make."""
+        return tuple(tool.name for tool in function_tools(self.tools))
 
     def prompt(self, tokenizer: Tokenizer, messages, **render) -> list[int]:
         """The prompt ids: the conversation rendered with the tools, then the forced prefix."""
@@ -145,15 +155,19 @@ class ReplyAssembler:
     piece `{"index", "id", "type": "function", "function": {"name", "arguments": ""}}`, then `{"index",
     "function": {"arguments": text}}`). `finish()` at the end, then `messages()` is the reply to send back.
 
-    `<|call|>` ends the reply (`stopped`). With `parallel_calls`, the reply goes on while the model writes
-    more calls: the ids after a call are held back until their header shows another call (then it streams)
-    or anything else (then the reply ends there and those ids are dropped). `prefix`: ids the prompt forced
+    Only calls to `functions` (the declared names) are tool calls; any other message with a recipient is
+    dropped, its `{"recipient", "content"}` kept in `dropped` and logged. `<|call|>` ends the reply
+    (`stopped`). With `parallel_calls`, the reply goes on while the model writes more calls: the ids after a
+    call are held back until their header shows another call (then it streams) or anything else (then the
+    reply ends there and those ids are dropped). `prefix`: ids the prompt forced
     after `<|start|>assistant` (a call's header), read as if the model had written them; their pieces are in
     `prefix_pieces`.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, parallel_calls: bool = False, prefix=()):
+    def __init__(self, tokenizer: Tokenizer, *, functions=(), parallel_calls: bool = False, prefix=()):
         self._tokenizer = tokenizer
+        self._functions = frozenset(functions)
+        self.dropped: list[dict] = []  # messages to no declared function: {"recipient", "content"}
         self._parser = harmony.StreamParser(tokenizer)
         self._start, self._ends = tokenizer.token_id("<|start|>"), harmony.stop_tokens(tokenizer)
         self._call = tokenizer.token_id("<|call|>")
@@ -182,10 +196,10 @@ class ReplyAssembler:
                 return []
         pieces = self._opened() if header is not None and header is not self._open else []
         if text:
-            if "recipient" in self._open:
+            if self._is_call(self._open):
                 self.calls[-1]["function"]["arguments"] += text
                 pieces.append(("tool_calls", {"index": len(self.calls) - 1, "function": {"arguments": text}}))
-            else:
+            elif "recipient" not in self._open:  # a dropped call's text goes nowhere
                 pieces.append((self._open.get("channel", "final"), text))
         return pieces
 
@@ -197,7 +211,7 @@ class ReplyAssembler:
     def finish(self) -> None:
         """The generation ended: a message cut off by the token limit is kept as written so far."""
         if self._open is not None and not self.stopped and self._after_call is None:
-            self._done.append(self._message(self._parser.finish()[-1]))
+            self._keep(self._parser.finish()[-1])
             self._open = None
 
     def finish_reason(self, engine_reason: str) -> str:
@@ -219,7 +233,7 @@ class ReplyAssembler:
 
     def _opened(self) -> list[tuple[str, dict]]:
         self._open = self._parser.header
-        if "recipient" not in self._open:
+        if not self._is_call(self._open):
             return []
         call = {"id": call_id(), "type": "function",
                 "function": {"name": function_name(self._open["recipient"]), "arguments": ""}}
@@ -229,19 +243,35 @@ class ReplyAssembler:
     def _closed(self, token: int) -> None:
         """The message in `_open` ended at `token`."""
         ended, self._open = self._open, None
-        self._done.append(self._message(ended))
-        if "recipient" in ended:
+        self._keep(ended)
+        if self._is_call(ended):
             if self._parallel:
                 self._after_call = [token] if token == self._start else []
             else:
                 self.stopped = True
-        elif token == self._call:  # <|call|> after text ends the turn all the same
+        elif token == self._call:  # <|call|> after text (or a dropped call) ends the turn all the same
             self.stopped, self._stop_reason = True, "stop"
 
-    def _message(self, parsed: dict) -> dict:
-        if "recipient" in parsed:  # the last call opened is the one that ended
-            return {"role": "assistant", "content": None, "tool_calls": [self.calls[-1]]}
-        return parsed
+    def _is_call(self, header: dict) -> bool:
+        recipient = header.get("recipient", "")
+        return recipient.startswith(_FUNCTIONS) and function_name(recipient) in self._functions
+
+    def _keep(self, parsed: dict) -> None:
+        """A finished message into the reply: a call as a `tool_calls` message, a message to no declared
+        function dropped."""
+        if self._is_call(parsed):  # the last call opened is the one that ended
+            self._done.append({"role": "assistant", "content": None, "tool_calls": [self.calls[-1]]})
+        elif "recipient" in parsed:
+            self._drop(parsed)
+        else:
+            self._done.append(parsed)
+
+    def _drop(self, parsed: dict) -> None:
+        recipient = parsed["recipient"]
+        self.dropped.append({"recipient": recipient, "content": parsed.get("content", "")})
+        declared = ", ".join(sorted(self._functions))
+        log.warning("dropped the model's call to %r: %s", recipient,
+                    f"not one of the declared functions ({declared})" if declared else "no tools were given")
 
     def _look_past_call(self, token: int) -> list[tuple[str, dict]]:
         held = self._after_call
@@ -249,9 +279,11 @@ class ReplyAssembler:
         self._parser.feed(token)
         header = self._parser.header
         if header is not None:  # a header ended: another call streams on, anything else ends the reply
-            if "recipient" in header:
+            if self._is_call(header):
                 self._after_call = None
                 return self._opened()
+            if "recipient" in header:
+                self._drop(header)
             self.stopped = True
             return []
         role = self._tokenizer.decode(held[1:])

@@ -259,7 +259,8 @@ def test_serve_command_binds_loopback_by_default(monkeypatch, model):
 
     servers = []
     monkeypatch.setattr(cli, "_load", lambda args: (model, model.tokenizer))  # the loading is generate's, tested there
-    monkeypatch.setattr(serving.Server, "run", lambda self: servers.append(self))
+    monkeypatch.setattr(serving.Server, "run", lambda self, sockets=None: servers.append(self))
+    monkeypatch.setattr(serving, "bind", lambda host, port: None)  # port 8000 may be taken here
     monkeypatch.setattr(serving.gc, "freeze", lambda: None)  # not in the test process
     assert cli.main(["serve", "--max-batch", "2", "--max-len", "256"]) == 0
     (server,), app = servers, servers[0].config.app

@@ -66,8 +66,8 @@ def test_forced_call_lets_the_model_pick_among_the_names(o200k):
     assert not allowed[o200k.encode("final")[0]] and not allowed[o200k.token_id("<|message|>")]
 
 
-def _assemble(tokenizer, text, **kw):
-    reply, pieces = ReplyAssembler(tokenizer, **kw), []
+def _assemble(tokenizer, text, functions=("get_weather",), **kw):
+    reply, pieces = ReplyAssembler(tokenizer, functions=functions, **kw), []
     for token in tokenizer.encode(text):
         pieces += reply.feed(token)
         if reply.stopped:
@@ -130,7 +130,7 @@ def test_reply_parallel_calls_and_what_ends_them(byte_level):
 
 def test_reply_prefix_is_read_as_written(byte_level):
     prefix = byte_level.encode("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
-    reply = ReplyAssembler(byte_level, prefix=prefix)
+    reply = ReplyAssembler(byte_level, functions=["get_weather"], prefix=prefix)
     assert reply.prefix_pieces == [("tool_calls", {"index": 0, "id": reply.calls[0]["id"], "type": "function",
                                                    "function": {"name": "get_weather", "arguments": ""}})]
     for token in byte_level.encode('{}<|call|>'):

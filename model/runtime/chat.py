@@ -57,13 +57,16 @@ class ChatStream:
     OpenAI's streamed shape (`{"index", "id", "type": "function", "function": {"name", "arguments": ""}}` when
     a call starts, then `{"index", "function": {"arguments": text}}`); afterwards `messages` holds the reply
     (harmony's messages: reasoning on "analysis", the answer on "final"; calls as an assistant message with
-    `tool_calls`), `finish_reason` is "stop", "length" or "tool_calls", and `stats` its GenerationStats."""
+    `tool_calls`), `finish_reason` is "stop", "length" or "tool_calls", and `stats` its GenerationStats.
+    A call to a function not in `tools` (or any call without tools) is no tool call: it is left out of the
+    pieces and of `messages`, logged, and kept in `dropped_calls` (`{"recipient", "content"}` each)."""
 
     def __init__(self, reply: tool_calls.ReplyAssembler, generation):
         self._reply, self._generation = reply, generation
         self.stats = generation.stats
         self.messages: list[dict] = []
         self.finish_reason: str | None = None
+        self.dropped_calls = reply.dropped
 
     def __iter__(self) -> Iterator[tuple[str, str | dict]]:
         yield from self._reply.prefix_pieces
@@ -100,7 +103,8 @@ def stream_chat(model, messages: Sequence[dict], params: SamplingParams = Sampli
     plan = tool_calls.plan_tools(tools, tool_choice)
     prompt = plan.prompt(tok, messages, reasoning=reasoning, date=date)
     parallel = parallel_tool_calls and bool(plan.tools)
-    reply = tool_calls.ReplyAssembler(tok, parallel_calls=parallel, prefix=plan.prefix_ids(tok))
+    reply = tool_calls.ReplyAssembler(tok, functions=plan.functions, parallel_calls=parallel,
+                                      prefix=plan.prefix_ids(tok))
     return ChatStream(reply, generate(model, prompt, params, stop_tokens=tool_calls.stop_tokens(tok, parallel),
                                       constraint=plan.constraint(tok)))
 

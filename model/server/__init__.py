@@ -12,3 +12,8 @@ tool_choice to a prompt, tool calls from a reply) serves every chat protocol and
 runs the app under uvicorn with a graceful shutdown. Nothing is imported here, so the FastAPI-free parts load
 without the extra.
 """
+
+# What the server answers, method and path (the CLI's help lists them; a test checks them against the app's
+# routes). The OpenAPI pages (`--docs`) come on top.
+ROUTES = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/responses/{id}",
+          "GET /v1/models", "GET /v1/stats", "GET /metrics")

@@ -64,11 +64,13 @@ class ChatAssembler:
 
     Text still held in the parser's UTF-8 decoder when a message ends is dropped (harmony.parse would
     turn it into U+FFFD), so the streamed and the assembled text stay equal. `prefix` and `parallel_calls`
-    are ReplyAssembler's: the pieces of a forced prefix come with the first token's delta.
+    are ReplyAssembler's: the pieces of a forced prefix come with the first token's delta. So are `functions`,
+    the declared names: a call to any other is no tool call (dropped and logged).
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Iterable[str] = (), *, prefix=(), parallel_calls: bool = False):
-        self.reply = ReplyAssembler(tokenizer, parallel_calls=parallel_calls, prefix=prefix)
+    def __init__(self, tokenizer: Tokenizer, stop: Iterable[str] = (), *, prefix=(), parallel_calls: bool = False,
+                 functions=()):
+        self.reply = ReplyAssembler(tokenizer, functions=functions, parallel_calls=parallel_calls, prefix=prefix)
         self._specials = tokenizer.special_ids
         self._stop = StopMatcher(stop)
         self._pending = self._delta(self.reply.prefix_pieces)

@@ -29,7 +29,7 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
         # More than one call per reply only when asked for: gpt-oss ends its turn at a call (<|call|>).
         parallel = bool(body.parallel_tool_calls and plan.tools)
         assembler = ChatAssembler(ctx.tokenizer, body.stop_strings(), prefix=plan.prefix_ids(ctx.tokenizer),
-                                  parallel_calls=parallel)
+                                  parallel_calls=parallel, functions=plan.functions)
         max_tokens = body.max_completion_tokens or body.max_tokens
         logprobs = body.logprobs_wanted()
         constraint = await structured.reply_constraint(ctx, plan, final=final, parallel=parallel,

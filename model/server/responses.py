@@ -110,7 +110,8 @@ def add_routes(v1: APIRouter, ctx: ServerContext) -> None:
 
         prompt = await ctx.tokenize("input", [instructions, conversation], render)
         parallel = bool(body.parallel_tool_calls and plan.tools)
-        assembler = ChatAssembler(ctx.tokenizer, prefix=plan.prefix_ids(ctx.tokenizer), parallel_calls=parallel)
+        assembler = ChatAssembler(ctx.tokenizer, prefix=plan.prefix_ids(ctx.tokenizer), parallel_calls=parallel,
+                                  functions=plan.functions)
         max_tokens = body.max_output_tokens or body.max_tokens
         # The Responses API's function tools are strict unless they say otherwise.
         constraint = await structured.reply_constraint(ctx, plan, final=final, parallel=parallel,

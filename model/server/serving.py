@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -160,10 +161,30 @@ def server(app, *, host: str, port: int, shutdown_timeout: float, read_timeout: 
                   on_listening=on_listening)
 
 
-def run(app, **kwargs) -> None:
-    """Serves `app` until a signal stops it (kwargs as for `server`). Everything loaded so far (the model, the
-    libraries, the tokenizer) is first moved out of the garbage collector's sight (`gc.freeze`): else the
-    first full collection, which a large request sets off, walks all of it while holding the GIL, a pause of
-    about a second for every connection (measured with o200k on the tiny model)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound to (host, port) but not listening yet: taken before the model loads, so a
+    port in use fails at once (OSError) and nothing claims to have started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(app, *, sockets: list[socket.socket] | None = None, **kwargs) -> None:
+    """Serves `app` until a signal stops it (on `sockets` from `bind`, else binding kwargs' host and port;
+    kwargs as for `server`). Everything loaded so far (the model, the libraries, the tokenizer) is first moved
+    out of the garbage collector's sight (`gc.freeze`): else the first full collection, which a large request
+    sets off, walks all of it while holding the GIL, a pause of about a second for every connection (measured
+    with o200k on the tiny model). Afterwards it is given back (`gc.unfreeze`), so that the interpreter's
+    shutdown frees it: frozen, Triton's objects outlive it, and nanobind prints a page of leak warnings."""
     gc.freeze()
-    server(app, **kwargs).run()
+    try:
+        server(app, **kwargs).run(sockets=sockets)
+    finally:
+        gc.unfreeze()
