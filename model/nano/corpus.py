@@ -18,6 +18,8 @@ import random
 
 from .. import harmony
 
+# conversations held out from training are drawn from this seed (plus the run's), which training never uses
+HELD_OUT_SEED = 1_000_000_007
 # family -> weight in the training mix
 FAMILIES = {"greeting": 8, "repeat": 10, "arith1": 12, "arith2": 10, "tool_call": 30, "tool_answer": 15,
             "no_tool": 15}

@@ -8,6 +8,7 @@ and writes the Hugging Face layout with the tokenizer beside it.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -99,5 +100,10 @@ def export(model: TrainableGptOss, out: str | Path, tokenizer) -> Path:
     """Write `model` as a Hugging Face layout checkpoint (config.json, model.safetensors, tokenizer.json)."""
     from ...loader import make_checkpoint
 
-    return make_checkpoint(out, model.config, tensors=model.checkpoint_tensors(), tokenizer=tokenizer,
-                           progress=False)
+    out = make_checkpoint(out, model.config, tensors=model.checkpoint_tensors(), tokenizer=tokenizer, progress=False)
+    # generation in other libraries stops at this tokenizer's ids, not o200k_harmony's
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    config.update(eos_token_id=tokenizer.token_id("<|return|>"), pad_token_id=tokenizer.token_id("<|endoftext|>"))
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return out

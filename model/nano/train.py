@@ -26,9 +26,6 @@ from ..tokenizer import Tokenizer
 from . import bpe, corpus
 from .network import TrainableGptOss, export
 
-HELD_OUT_SEED = 1_000_000_007  # added to the run's seed: evaluation never draws training conversations
-
-
 @dataclasses.dataclass
 class Batch:
     tokens: torch.Tensor  # [B, T] input ids
@@ -79,6 +76,12 @@ def loss_and_metrics(model, batch: Batch) -> tuple[torch.Tensor, dict]:
     return loss, metrics
 
 
+def _held_out(model, batch: Batch) -> tuple[torch.Tensor, dict]:
+    model.eval()
+    with torch.no_grad():
+        return loss_and_metrics(model, batch)
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -121,10 +124,13 @@ def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: f
         opt.load_state_dict(state["optimizer"])
         start, spent = state["step"], state.get("seconds", 0.0)
         log(f"resumed {ckpt_path} at step {start}")
-    held_out = make_batch(tokenizer, corpus.examples(seed + HELD_OUT_SEED, 32))
+    held_out = make_batch(tokenizer, corpus.examples(seed + corpus.HELD_OUT_SEED, 32))
     (out / "run.json").write_text(json.dumps({"seed": seed, "steps": steps, "batch": batch, "lr": lr,
                                               "warmup": warmup, "vocab": vocab,
                                               "config": config.to_hf_dict()}, indent=2))
+    if start == 0:
+        _, h = _held_out(model, held_out)
+        log(f"held-out step 0 loss {h['loss']:.4f} token_acc {h['token_acc']:.3f} copy_acc {h['copy_acc']:.3f}")
     tokens_seen = 0
     t0 = time.perf_counter()
     for step in range(start, steps):
@@ -144,9 +150,7 @@ def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: f
             log(f"step {done} loss {m['loss']:.4f} copy_acc {m['copy_acc']:.3f} lr {lr_at(step, steps, lr, warmup):.2e} "
                 f"tok/s {tokens_seen / elapsed:.0f} min {(spent + elapsed) / 60:.1f}")
         if done % eval_every == 0 or done == steps:
-            model.eval()
-            with torch.no_grad():
-                _, h = loss_and_metrics(model, held_out)
+            _, h = _held_out(model, held_out)
             log(f"held-out step {done} loss {h['loss']:.4f} token_acc {h['token_acc']:.3f} copy_acc {h['copy_acc']:.3f}")
         if done % save_every == 0 or done == steps:
             _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
