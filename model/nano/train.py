@@ -98,7 +98,7 @@ def _save(path: Path, state: dict) -> None:
 def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: float = 3e-3, warmup: int = 100,
           save_every: int = 250, eval_every: int = 100, log_every: int = 10, resume: bool = False,
           config: GptOssConfig | None = None, vocab: int = 1024, tokenizer_samples: int = 3000,
-          threads: int | None = None, log=print) -> TrainableGptOss:
+          threads: int | None = None, until: int | None = None, held_out: int = 32, log=print) -> TrainableGptOss:
     """Train (or, with resume, continue) the run in `out`; returns the model. See the module's docstring."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: f
         opt.load_state_dict(state["optimizer"])
         start, spent = state["step"], state.get("seconds", 0.0)
         log(f"resumed {ckpt_path} at step {start}")
-    held_out = make_batch(tokenizer, corpus.examples(seed + corpus.HELD_OUT_SEED, 32))
+    held_out = make_batch(tokenizer, corpus.examples(seed + corpus.HELD_OUT_SEED, held_out))
     (out / "run.json").write_text(json.dumps({"seed": seed, "steps": steps, "batch": batch, "lr": lr,
                                               "warmup": warmup, "vocab": vocab,
                                               "config": config.to_hf_dict()}, indent=2))
@@ -133,7 +133,8 @@ def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: f
         log(f"held-out step 0 loss {h['loss']:.4f} token_acc {h['token_acc']:.3f} copy_acc {h['copy_acc']:.3f}")
     tokens_seen = 0
     t0 = time.perf_counter()
-    for step in range(start, steps):
+    end = steps if until is None else min(until, steps)
+    for step in range(start, end):
         b = make_batch(tokenizer, corpus.batch_examples(seed, step, batch))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
@@ -149,10 +150,10 @@ def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: f
             elapsed = time.perf_counter() - t0
             log(f"step {done} loss {m['loss']:.4f} copy_acc {m['copy_acc']:.3f} lr {lr_at(step, steps, lr, warmup):.2e} "
                 f"tok/s {tokens_seen / elapsed:.0f} min {(spent + elapsed) / 60:.1f}")
-        if done % eval_every == 0 or done == steps:
+        if done % eval_every == 0 or done == end:
             _, h = _held_out(model, held_out)
             log(f"held-out step {done} loss {h['loss']:.4f} token_acc {h['token_acc']:.3f} copy_acc {h['copy_acc']:.3f}")
-        if done % save_every == 0 or done == steps:
+        if done % save_every == 0 or done == end:
             _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                               "seconds": spent + time.perf_counter() - t0, "padded_tokens": tokens_seen})
             weights = out / f"weights-{done}"
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--until", type=int, default=None, help="stop after this step (the schedule stays that of --steps)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     args = p.parse_args(argv)
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     try:
         train(args.out, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
               save_every=args.save_every, eval_every=args.eval_every, log_every=args.log_every,
-              resume=args.resume, threads=args.threads, log=log)
+              resume=args.resume, threads=args.threads, until=args.until, log=log)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nano.train: {e}") from None
     return 0
