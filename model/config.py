@@ -173,6 +173,5 @@ PRESETS = {
     # with the package: from_pretrained("nano") loads them.
     "nano": GptOssConfig(num_hidden_layers=4, num_experts=4, experts_per_token=2, vocab_size=1056, hidden_size=128,
                          intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=64,
-                         max_context=4096, layer_types=("sliding_attention", "full_attention",
-                                                        "sliding_attention", "full_attention")),
+                         layer_types=("sliding_attention", "full_attention", "sliding_attention", "full_attention")),
 }
