@@ -15,6 +15,8 @@ setup(
     # kernels/ has no __init__.py: a namespace portion, so from the checkout root it never shadows the `kernels`
     # library (transformers imports it); model/ and loader/ keep theirs for their public exports
     package_dir={f"gpt_oss_triton.{name}": name for name in SUBPACKAGES},
+    # gpt-oss-nano's trained weights (config.json, model.safetensors, tokenizer.json): from_pretrained("nano")
+    package_data={"gpt_oss_triton.model.nano": ["weights/*"]},
     # numpy: Triton's interpreter imports it (kernels on a CPU), and torch warns at import without it
     install_requires=["torch>=2.6", "triton>=3.2", "numpy>=1.24", "safetensors>=0.4", "tokenizers>=0.19"],
     extras_require={

@@ -61,9 +61,11 @@ def synthetic_tensor(config: GptOssConfig, name: str, seed: int, device="cpu") -
 
 
 def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 0, shard_bytes: int = 5 << 30,
-                    progress: bool | None = None, tokenizer=None) -> Path:
+                    progress: bool | None = None, tokenizer=None, tensors: dict | None = None) -> Path:
     """Write a synthetic checkpoint of `config` to directory `out` in `layout` ('hf' or 'original'), with
     `tokenizer` (a tokenizer.json path to copy, or a Tokenizer to save; None: none) beside the weights.
+    `tensors` (canonical name -> tensor in its on-disk shape and dtype, every one of them) writes those
+    weights instead of seeded random ones (a trained model's).
 
     `out` must not exist (or be an empty directory). Everything is written to a directory beside it and
     renamed into place at the end, so `out` holds a whole checkpoint or nothing, whatever interrupts."""
@@ -73,10 +75,13 @@ def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise FileExistsError(f"{out} already exists: pick a new directory, or remove it first")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if tensors is not None:
+        _check_tensors(config, tensors)
     partial = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
     partial.mkdir()
     try:
-        _write(partial, config, layout, seed, shard_bytes, Progress(_nbytes(config), f"writing {out.name}", progress))
+        _write(partial, config, layout, seed, shard_bytes, Progress(_nbytes(config), f"writing {out.name}", progress),
+               tensors)
         if isinstance(tokenizer, (str, Path)):
             shutil.copyfile(tokenizer, partial / "tokenizer.json")
         elif tokenizer is not None:
@@ -88,16 +93,28 @@ def make_checkpoint(out, config: GptOssConfig, *, layout: str = HF, seed: int = 
     return out
 
 
+def _check_tensors(config: GptOssConfig, tensors: dict) -> None:
+    expected = expected_tensors(config)
+    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"tensors do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise ValueError(f"tensor {name}: expected {tuple(shape)} {dtype}, got {tuple(t.shape)} {t.dtype}")
+
+
 def _nbytes(config: GptOssConfig) -> int:
     return sum(math.prod(s) * d.itemsize for s, d in expected_tensors(config).values())
 
 
-def _write(out: Path, config: GptOssConfig, layout: str, seed: int, shard_bytes: int, bar: Progress) -> None:
+def _write(out: Path, config: GptOssConfig, layout: str, seed: int, shard_bytes: int, bar: Progress,
+           tensors: dict | None = None) -> None:
     """The checkpoint's files into directory `out`."""
     expected = expected_tensors(config)
 
     def make(name):
-        t = synthetic_tensor(config, name, seed)
+        t = synthetic_tensor(config, name, seed) if tensors is None else tensors[name].contiguous()
         bar.advance(t.numel() * t.element_size())
         return t
 

@@ -1,5 +1,5 @@
-"""The `gpt-oss-triton` command: generate text, chat, benchmark, serve an OpenAI-compatible API, or write a
-synthetic checkpoint."""
+"""The `gpt-oss-triton` command: generate text, chat, benchmark, serve an OpenAI-compatible API, write a
+synthetic checkpoint, or evaluate a nano model."""
 import argparse
 import errno
 import os
@@ -79,8 +79,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint directory (Hugging Face or original layout) or a preset: "
-                        f"{', '.join(PRESETS)} (seeded random weights). Default: the embedded tiny model")
+                   help="checkpoint directory (Hugging Face or original layout), nano (the trained gpt-oss-nano "
+                        "shipped with the package) or a preset: "
+                        f"{', '.join(p for p in PRESETS if p != 'nano')} (seeded random weights). "
+                        "Default: the embedded tiny model")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the checkpoint's own")
     p.add_argument("--backend", choices=("torch", "triton"), default=None,
                    help="default: triton on a GPU, the torch reference on the CPU")
@@ -168,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: none")
     s.add_argument("--docs", action="store_true",
                    help="serve /docs, /redoc and /openapi.json (behind --api-key when it is set)")
+
+    e = add("eval-nano", help="held-out figures of a nano model: greedy replies through the engine, per family")
+    _add_model_args(e)
+    e.set_defaults(model="nano", dtype="float32")
+    e.add_argument("--per-family", type=_positive_int, default=50, help="conversations per family")
+    e.add_argument("--seed", type=int, default=None, help="corpus seed of the conversations (default: the "
+                                                          "held-out seed no training run draws from)")
+    e.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
+                   help="evaluate only these (tool_call tool_answer no_tool arith1 arith2 greeting repeat)")
+    e.add_argument("--max-new-tokens", type=_positive_int, default=160, help="tokens per reply at most")
+    e.add_argument("--batch", type=_positive_int, default=8, help="conversations decoded together")
+    e.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (on a busy machine 1 is much faster than several)")
+    e.add_argument("--json", type=Path, default=None, help="also write the report (with a sample per family) here")
 
     m = add("make-checkpoint", help="write a checkpoint of seeded random weights in the real layout")
     m.add_argument("out", type=Path, help="directory to create (it must not exist, or be an empty directory); "
@@ -438,10 +454,30 @@ _PARALLEL_NEEDS = {
 }
 
 
+def cmd_eval_nano(args) -> int:
+    import json
+
+    from .nano import corpus
+    from .nano.evaluate import FIGURES, evaluate, format_report
+
+    unknown = sorted(set(args.families or ()) - FIGURES.keys())
+    if unknown:
+        raise SystemExit(f"gpt-oss-triton: unknown --families {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = _load(args)
+    seed = corpus.HELD_OUT_SEED if args.seed is None else args.seed
+    report = evaluate(model, tok, args.per_family, seed, args.families, args.max_new_tokens, args.batch)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps({**report, "model": args.model, "backend": model.backend}, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "serve": cmd_serve,
-                "make-checkpoint": cmd_make_checkpoint}
+                "make-checkpoint": cmd_make_checkpoint, "eval-nano": cmd_eval_nano}
     if args.command in _PARALLEL_NEEDS:
         from .parallel import launch
 

@@ -167,4 +167,11 @@ PRESETS = {
     # window 16 so that short sequences cross it; vocab holds the built-in byte tokenizer (256 + 21 specials).
     "tiny": GptOssConfig(num_hidden_layers=4, num_experts=8, experts_per_token=4, vocab_size=512, hidden_size=256,
                          intermediate_size=256, num_attention_heads=8, num_key_value_heads=2, sliding_window=16),
+    # gpt-oss-nano (model/nano): the same graph, sized to train on a CPU. Parameters go to attention (copying is
+    # its job: 4 query heads of 64 over a 128-wide stream), the experts stay narrow (4 of width 64, top-2); a
+    # sliding layer then full ones, the window short enough that conversations cross it. Its weights ship
+    # with the package: from_pretrained("nano") loads them.
+    "nano": GptOssConfig(num_hidden_layers=4, num_experts=4, experts_per_token=2, vocab_size=1056, hidden_size=128,
+                         intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=64,
+                         layer_types=("sliding_attention", "full_attention", "sliding_attention", "full_attention")),
 }

@@ -6,7 +6,11 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, GptOssConfig
+from .nano import WEIGHTS_DIR as NANO_WEIGHTS
 from .reference import Transformer
+
+# Names whose trained weights ship in the package (they win over a preset of the same name).
+SHIPPED = {"nano": NANO_WEIGHTS}
 
 # Float tensors kept in fp32 whatever the model dtype (the spec computes norms in fp32; sinks are logits).
 _FP32_SUFFIXES = ("norm.scale", "attn.sinks")
@@ -78,8 +82,9 @@ class GptOss(Transformer):
     @classmethod
     def from_pretrained(cls, path_or_preset, *, backend: str | None = None, dtype: torch.dtype = torch.bfloat16,
                         device=None, seed: int = 0, tensor_parallel: int = 1) -> "GptOss":
-        """Load a checkpoint directory (Hugging Face or original layout) or build a preset with seeded random
-        weights (`tiny`, `gpt-oss-20b`, `gpt-oss-120b`; a directory of that name wins over the preset).
+        """Load a checkpoint directory (Hugging Face or original layout), the weights shipped with the package
+        (`nano`: gpt-oss-nano, trained by model/nano/train.py), or build a preset with seeded random weights
+        (`tiny`, `gpt-oss-20b`, `gpt-oss-120b`); a directory of that name wins over either.
 
         tensor_parallel=N (inside an initialised process group of N ranks, every rank calling this): the
         rank's share of the model (model/parallel/plan.py): its attention heads, its experts and its slice of
@@ -102,6 +107,10 @@ class GptOss(Transformer):
 
         model_cls = available_backends()[backend]
         path = Path(path_or_preset)
+        if not path.exists() and str(path_or_preset) in SHIPPED:
+            path = SHIPPED[str(path_or_preset)]
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{path_or_preset}: its shipped weights are missing from {path}")
         if not path.exists():
             if str(path_or_preset) not in PRESETS:
                 raise ValueError(f"{path_or_preset}: no such directory, and not a preset ({', '.join(PRESETS)})")

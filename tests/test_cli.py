@@ -100,7 +100,7 @@ def test_unusable_device_or_backend_is_one_line_naming_the_flag(monkeypatch):
 
 def test_unknown_model_lists_the_presets():
     with pytest.raises(SystemExit, match=r"^gpt-oss-triton: gpt-oss-7b: no such directory, and not a preset "
-                                         r"\(gpt-oss-20b, gpt-oss-120b, tiny\)$"):
+                                         r"\(gpt-oss-20b, gpt-oss-120b, tiny, nano\)$"):
         main(["generate", "--model", "gpt-oss-7b", "--prompt", "x"])
 
 

@@ -42,7 +42,7 @@ def test_unknown_backend_and_preset(tmp_path):
     with pytest.raises(ValueError, match="backend='cuda-magic' is not available"):
         GptOss.from_pretrained("tiny", backend="cuda-magic", device="cpu")
     with pytest.raises(ValueError, match=r"gpt-oss-7b: no such directory, and not a preset \(gpt-oss-20b, gpt-oss-120b, "
-                                         r"tiny\)"):
+                                         r"tiny, nano\)"):
         GptOss.from_pretrained(tmp_path / "gpt-oss-7b")
 
 
