@@ -56,12 +56,13 @@ _KCHUNK, _ROWS = tl.constexpr(KCHUNK), tl.constexpr(REPACK_ROWS)
 
 def _configs(decode: bool) -> list:
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), each with every SPLIT_K at decode (pruned to one by
-    `_prune`). All compile for sm_80..sm_90 without spills within each target's shared memory
-    (tests/kernels/test_compile_targets.py)."""
+    `_prune`). All compile for sm_80..sm_90 without spills within each target's shared memory, and every one
+    has at least 3 stages, so the K loop keeps the next tiles' copies in flight while it decodes and multiplies
+    one (2 stages keep a single buffer: loads and math take turns) (tests/kernels/test_compile_targets.py)."""
     if INTERPRET:  # one tile per regime: no autotuning in the interpreter
         tiles = [(16, 256, 128, 4, 1)] if decode else [(32, 128, 128, 4, 1)]
     elif decode:
-        tiles = [(16, 128, 128, 4, 2), (16, 128, 128, 4, 3), (16, 256, 128, 8, 2), (32, 128, 128, 4, 2)]
+        tiles = [(16, 128, 128, 4, 3), (16, 128, 128, 4, 4), (16, 256, 128, 8, 3), (32, 128, 128, 4, 3)]
     else:
         tiles = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3), (128, 256, 64, 8, 3)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s}, num_warps=w, num_stages=st)
