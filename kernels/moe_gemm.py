@@ -62,7 +62,7 @@ def _configs(decode: bool) -> list:
     if INTERPRET:  # one tile per regime: no autotuning in the interpreter
         tiles = [(16, 256, 128, 4, 1)] if decode else [(32, 128, 128, 4, 1)]
     elif decode:
-        tiles = [(16, 128, 128, 4, 3), (16, 128, 128, 4, 4), (16, 256, 128, 8, 3), (32, 128, 128, 4, 3)]
+        tiles = [(16, 128, 128, 4, 3), (16, 128, 128, 4, 4), (32, 128, 128, 4, 3)]
     else:
         tiles = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3), (128, 256, 64, 8, 3)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s}, num_warps=w, num_stages=st)
