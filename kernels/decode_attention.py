@@ -11,14 +11,19 @@ positions [B] int32 and slots [M] int32 on the device (no host sync: the launch 
 L, so it can be captured in a CUDA graph), sinks [Hq]; out [M, Hq, D] in q.dtype.
 
 One launch (grid num_splits x M*Hkv): each program takes one KV head and 1/num_splits of the row's visible
-keys (split sizes follow each row's own length, so a short sequence in a long cache still spreads over all
-programs) and keeps the G query heads of the group as the rows of one tile (padded to 16 for tl.dot), so the
-group reads its K/V once. With one split it normalises and stores the output itself. With several, each writes
-an unnormalised fp32 partial with its running max and sum, then counts itself done on a counter per
-(row, KV head) (kernels/arrival.py); the last to arrive merges all splits in split order (deterministic
-whichever arrives last) with the sink, m = max(m_i..., sink), l = sum l_i e^(m_i-m) + e^(sink-m). P is fed
-to the P·V product as bf16 hi + lo parts: fp32-exact to ~2^-16, as the reference's fp32 probabilities, at the
+keys, split evenly in keys, not key blocks (split sizes follow each row's own length, so a short sequence in a
+long cache still spreads over all programs; a split may be shorter than a key block, so a 128-key window
+still spreads over 17) and keeps the G query heads of the group as the rows of one tile (padded to 16
+for tl.dot), so the group reads its K/V once. With one split it normalises and stores the output itself. With
+several, each writes an unnormalised fp32 partial with its running max and sum, then counts itself done on a
+counter per (row, KV head) (kernels/arrival.py); the last to arrive merges all splits in split order
+(deterministic whichever arrives last) with the sink, m = max(m_i..., sink), l = sum l_i e^(m_i-m) +
+e^(sink-m), reading MERGE_CHUNK splits' partials at once so the merge waits on few round trips. P is fed to
+the P·V product as bf16 hi + lo parts: fp32-exact to ~2^-16, as the reference's fp32 probabilities, at the
 cost of a second small MMA in a kernel bound by reading K and V.
+
+The main loop is software-pipelined (num_stages >= 3 in every config: the loop waits for the oldest tile's
+copies only, with the next ones in flight; tests/kernels/test_compile_targets.py reads it in the SASS).
 """
 from typing import Optional
 
@@ -33,44 +38,69 @@ from .launch_plan import Traffic, multiprocessors, tensor_bytes, traffic
 from .reference import attention_ref
 
 
+MIN_SPLIT_KEYS = 4  # the fewest keys default_num_splits gives a split
+MERGE_CHUNK = 8     # splits whose partials the merge reads at once
+
+
 def _configs():
-    """Configs that compile for sm_90 without spilling (tests/kernels/test_sm90_resources.py checks)."""
+    """Configs that compile for sm_90 without spilling (tests/kernels/test_compile_targets.py checks), each
+    with at least 3 stages: a 2-stage loop keeps one buffer and waits for all its copies at the top."""
     if interpreting():
         return [triton.Config({"BLOCK_N": 16}, num_warps=4)]
     return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn, w, s in ((64, 4, 2), (64, 4, 4), (128, 8, 3), (32, 4, 4))]
+            for bn, w, s in ((16, 4, 3), (32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 8, 3))]
+
+
+def _prune(configs, args, **kwargs):
+    """Key blocks no longer than a split needs (split_keys: its keys, to a power of two >= 16): a longer block
+    only computes masked keys."""
+    keys = {**args, **kwargs}["split_keys"]
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= keys] or configs[:1]
+
+
+def _split_keys(visible: int, splits: int) -> int:
+    return min(max(16, triton.next_power_of_2(triton.cdiv(visible, splits))), 1 << 16)
 
 
 @triton.jit
-def _merge_splits(O_PART, ML_PART, SINKS, part, h, g_ok, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                  SPLITS_P: tl.constexpr):
-    """Merge the NUM_SPLITS partials of rows `part` [GP] (and the sink) in split order -> o [GP, D] fp32. The
-    partial outputs are read one split at a time, so the merge adds few registers to the kernel."""
-    sp = tl.arange(0, SPLITS_P)
+def _merge_splits(O_PART, ML_PART, SINKS, O_ROW, part0, head0, G: tl.constexpr, GM: tl.constexpr,
+                  D: tl.constexpr, NUM_SPLITS: tl.constexpr, CHUNK: tl.constexpr):
+    """Merge the NUM_SPLITS partials of the G query heads head0.. (partial rows part0..) and their sinks in split
+    order, and store o [G, D] into the output row O_ROW: a running max over chunks of CHUNK splits, each chunk's
+    partials loaded together."""
+    g = tl.arange(0, GM)
+    g_ok = g < G
+    heads = head0 + g
     d = tl.arange(0, D)
-    ok = g_ok[:, None] & (sp < NUM_SPLITS)[None, :]
-    # .cg: read what the other programs wrote from L2, never a stale L1 line.
-    m_s = tl.load(ML_PART + (part[:, None] * NUM_SPLITS + sp[None, :]) * 2, mask=ok, other=float("-inf"),
-                  cache_modifier=".cg")
-    sink = tl.load(SINKS + h, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634  # log2(e)
-    m = tl.maximum(tl.max(m_s, 1), sink)
-    l = tl.exp2(sink - m)
-    o = tl.zeros([part.shape[0], D], dtype=tl.float32)
-    for split in range(NUM_SPLITS):
-        idx = part * NUM_SPLITS + split
-        w = tl.exp2(tl.load(ML_PART + idx * 2, mask=g_ok, other=float("-inf"), cache_modifier=".cg") - m)
-        l += tl.load(ML_PART + idx * 2 + 1, mask=g_ok, other=0.0, cache_modifier=".cg") * w
-        o += tl.load(O_PART + idx[:, None] * D + d[None, :], mask=g_ok[:, None], other=0.0,
-                     cache_modifier=".cg") * w[:, None]
-    return o / l[:, None]
+    c = tl.arange(0, CHUNK)
+    m = tl.load(SINKS + heads, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634  # log2(e)
+    l = tl.full([GM], 1.0, dtype=tl.float32)  # the sink's term, e^(sink - m)
+    o = tl.zeros([GM, D], dtype=tl.float32)
+    for s0 in range(0, NUM_SPLITS, CHUNK):
+        idx = (part0 + g)[:, None] * NUM_SPLITS + s0 + c[None, :]
+        ok = g_ok[:, None] & (s0 + c < NUM_SPLITS)[None, :]
+        # .cg: read what the other programs wrote from L2, never a stale L1 line.
+        m_c = tl.load(ML_PART + idx * 2, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        l_c = tl.load(ML_PART + idx * 2 + 1, mask=ok, other=0.0, cache_modifier=".cg")
+        o_c = tl.load(O_PART + idx[:, :, None] * D + d[None, None, :], mask=ok[:, :, None], other=0.0,
+                      cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(m_c, 1))
+        alpha = tl.exp2(m - m_new)
+        w = tl.exp2(m_c - m_new[:, None])
+        l = l * alpha + tl.sum(l_c * w, 1)
+        o = o * alpha[:, None] + tl.sum(o_c * w[:, :, None], 1)
+        m = m_new
+    o = o / l[:, None]
+    tl.store(O_ROW + (heads * D)[:, None] + d[None, :], o.to(O_ROW.dtype.element_ty), mask=g_ok[:, None])
 
 
-@triton.autotune(configs=_configs(), key=["GP", "D", "SLIDING", "NUM_SPLITS"])
+@triton.autotune(configs=_configs(), key=["GP", "D", "SLIDING", "NUM_SPLITS", "split_keys"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, COUNTERS, stride_qb, stride_ob,
-                             stride_kcb, stride_kcs, stride_vcb, stride_vcs, cache_len, qk_scale, window,
-                             HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                             NUM_SPLITS: tl.constexpr, SPLITS_P: tl.constexpr, SLIDING: tl.constexpr,
+                             stride_kcb, stride_kcs, stride_vcb, stride_vcs, cache_len, qk_scale, window, split_keys,
+                             HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, GM: tl.constexpr,
+                             D: tl.constexpr, NUM_SPLITS: tl.constexpr, MERGE: tl.constexpr, SLIDING: tl.constexpr,
                              DOT_F32: tl.constexpr, PRECISION: tl.constexpr, FENCE: tl.constexpr,
                              BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
@@ -82,9 +112,10 @@ def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, C
     lo = 0
     if SLIDING:
         lo = tl.maximum(end - window, 0)
-    chunk = tl.cdiv(tl.cdiv(end - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    s_lo = lo + split * chunk
-    s_hi = tl.minimum(s_lo + chunk, end)
+    # Even splits in keys: split i holds keys lo + [i n / S, (i + 1) n / S), n the visible keys.
+    n_keys = end - lo
+    s_lo = lo + split * n_keys // NUM_SPLITS
+    s_hi = lo + (split + 1) * n_keys // NUM_SPLITS
 
     g = tl.arange(0, GP)
     g_ok = g < G
@@ -123,28 +154,30 @@ def _decode_attention_kernel(Q, KC, VC, SLOTS, POS, SINKS, O, O_PART, ML_PART, C
         acc = tl.dot(p_lo, v, acc, input_precision=PRECISION)
         m_i = m_new
 
-    part = (b * HKV * G + h).to(tl.int64)
-    p_o = O + b.to(tl.int64) * stride_ob + (h * D)[:, None] + d[None, :]
     if NUM_SPLITS == 1:
         sink = tl.load(SINKS + h, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634  # log2(e)
         m = tl.maximum(m_i, sink)
         alpha = tl.exp2(m_i - m)
         o = acc * (alpha / (l_i * alpha + tl.exp2(sink - m)))[:, None]
-        tl.store(p_o, o.to(O.dtype.element_ty), mask=g_ok[:, None])
+        tl.store(O + b.to(tl.int64) * stride_ob + (h * D)[:, None] + d[None, :], o.to(O.dtype.element_ty),
+                 mask=g_ok[:, None])
     else:
+        part = (b * HKV * G + h).to(tl.int64)
         # Partials [M, Hq, NUM_SPLITS, D] and [M, Hq, NUM_SPLITS, 2] (max, sum).
         tl.store(O_PART + (part * NUM_SPLITS + split)[:, None] * D + d[None, :], acc, mask=g_ok[:, None])
         tl.store(ML_PART + (part * NUM_SPLITS + split) * 2, m_i, mask=g_ok)
         tl.store(ML_PART + (part * NUM_SPLITS + split) * 2 + 1, l_i, mask=g_ok)
         if last_to_arrive(COUNTERS + pid_bh, NUM_SPLITS, split, FENCE):
-            o = _merge_splits(O_PART, ML_PART, SINKS, part, h, g_ok, D, NUM_SPLITS, SPLITS_P)
-            tl.store(p_o, o.to(O.dtype.element_ty), mask=g_ok[:, None])
+            _merge_splits(O_PART, ML_PART, SINKS, O + b.to(tl.int64) * stride_ob, (b * HKV + kvh).to(tl.int64) * G,
+                          kvh * G, G, GM, D, NUM_SPLITS, MERGE)
 
 
 def default_num_splits(batch: int, kv_heads: int, visible: int, device: torch.device) -> int:
-    """Enough programs to fill the GPU twice over, at least 256 keys per split."""
+    """Enough programs to give every SM one, at least MIN_SPLIT_KEYS keys per split: at batch 1 decode is a
+    chain of latencies (load q, a trip or two over the keys, the partials, the merge), which more splits
+    shorten until a split is one trip."""
     sms = multiprocessors(device)
-    return max(1, min(triton.cdiv(2 * sms, batch * kv_heads), triton.cdiv(visible, 256)))
+    return max(1, min(triton.cdiv(sms, batch * kv_heads), triton.cdiv(visible, MIN_SPLIT_KEYS)))
 
 
 @torch.library.triton_op("gpt_oss_triton::decode_attention", mutates_args=())
@@ -194,8 +227,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     wrap_triton(_decode_attention_kernel)[(splits, M * Hkv)](
         q, k_cache, v_cache, slots, positions, sinks, out, o_part, ml_part, cnt, q.stride(0), out.stride(0),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), L, sm_scale * _LOG2E,
-        sliding_window, HKV=Hkv, G=G, GP=max(triton.next_power_of_2(G), 16), D=D, NUM_SPLITS=splits,
-        SPLITS_P=triton.next_power_of_2(splits), SLIDING=sliding_window > 0, DOT_F32=interpreting(),
+        sliding_window, _split_keys(visible, splits), HKV=Hkv, G=G, GP=max(triton.next_power_of_2(G), 16),
+        GM=triton.next_power_of_2(G), D=D, NUM_SPLITS=splits, MERGE=min(triton.next_power_of_2(splits), MERGE_CHUNK),
+        SLIDING=sliding_window > 0, DOT_F32=interpreting(),
         PRECISION=dot_precision(q.dtype), FENCE=not interpreting())
     return out
 
@@ -208,10 +242,10 @@ def _decode_attention_traffic(launch, constexprs, env):
     B = a["Q"].shape[0]
     visible = min(env["context"] + 1, a["window"]) if a["SLIDING"] else env["context"] + 1
     kv = 2 * B * a["HKV"] * visible * a["D"] * a["KC"].element_size()
-    blocks = triton.cdiv(triton.cdiv(visible, a["NUM_SPLITS"]), constexprs["BLOCK_N"])
+    trips = a["NUM_SPLITS"] * triton.cdiv(triton.cdiv(visible, a["NUM_SPLITS"]), constexprs["BLOCK_N"])
     partials = tensor_bytes(a["O_PART"]) + tensor_bytes(a["ML_PART"]) if a["NUM_SPLITS"] > 1 else 0
     return Traffic(read=kv + tensor_bytes(a["Q"]) + partials, written=tensor_bytes(a["O"]) + partials,
-                   loop_trips=a["NUM_SPLITS"] * B * a["HKV"] * blocks)
+                   loop_trips=B * a["HKV"] * trips)
 
 
 def decode_attention_ref(q, k_cache, v_cache, sinks, positions, sm_scale, sliding_window=0, slots=None):

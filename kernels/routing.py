@@ -46,6 +46,7 @@ MAX_EXPERTS = 256
 BLOCK_T = 32  # tokens per routing program; its one-hot [BLOCK_T * K, E] must stay in registers
 BLOCK_B = 64  # block histograms per step of the prefix-sum program
 DECODE_TOKENS = 64  # up to this many tokens, `routing_decode`: norm, router, top-k and bookkeeping in one launch
+SS_TILE = 8192  # elements of routing_decode's sum-of-squares tile: a 2880-wide row in one load
 _FENCE = tl.constexpr(not interpreting())
 
 
@@ -209,16 +210,29 @@ def _routing_decode_kernel(x_ptr, scale_ptr, w_ptr, b_ptr, t_ptr, logits_ptr, pa
                            counts_ptr, offsets_ptr, gather_ptr, scatter_ptr, cnt_ptr, n_tokens, H, n_experts, eps,
                            stride_x, stride_t, h_split, K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
                            BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
-                           H_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                           SS_ROWS: tl.constexpr, SS_W: tl.constexpr, SS_TRIPS: tl.constexpr,
+                           H_SPLITS: tl.constexpr,
+                           DOT_DTYPE: tl.constexpr):
     pid_e, pid_t, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = offs_t < n_tokens
     p_x = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x
-    ss = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    for h0 in range(0, H, 4 * BLOCK_H):  # the whole row's sum of squares
-        offs_h = h0 + tl.arange(0, 4 * BLOCK_H)
-        x = tl.load(p_x + offs_h[None, :], mask=mask_t[:, None] & (offs_h < H)[None, :], other=0.0).to(tl.float32)
-        ss += tl.sum(x * x, 1)
+    # The whole rows' sum of squares in [SS_ROWS, SS_W] tiles: only as many rows as there are tokens (all of
+    # them in the first SS_ROWS when SS_ROWS < BLOCK_T), so a token's row is one load and one reduction.
+    offs_r = pid_t * BLOCK_T + tl.arange(0, SS_ROWS)
+    p_r = x_ptr + offs_r.to(tl.int64)[:, None] * stride_x
+    ss_r = tl.zeros((SS_ROWS,), dtype=tl.float32)
+    for i in tl.static_range(SS_TRIPS):
+        offs_s = i * SS_W + tl.arange(0, SS_W)
+        xs = tl.load(p_r + offs_s[None, :], mask=(offs_r < n_tokens)[:, None] & (offs_s < H)[None, :],
+                     other=0.0).to(tl.float32)
+        ss_r += tl.sum(xs * xs, 1)
+    if SS_ROWS == BLOCK_T:
+        ss = ss_r
+    elif SS_ROWS == 1:  # one token
+        ss = tl.where(tl.arange(0, BLOCK_T) == 0, tl.sum(ss_r, 0), 0.0)
+    else:  # rows past SS_ROWS hold no token
+        ss = tl.sum(tl.where(tl.arange(0, BLOCK_T)[:, None] == tl.arange(0, SS_ROWS)[None, :], ss_r[None, :], 0.0), 1)
     rstd = tl.rsqrt(ss / H + eps)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < n_experts
@@ -363,12 +377,15 @@ def _routing_decode_op(x: torch.Tensor, norm_scale: torch.Tensor, eps: float, ga
         h_splits = max(1, min(triton.cdiv(H, block_h), 16 // programs))
         h_split = triton.cdiv(triton.cdiv(H, h_splits), block_h) * block_h
         h_splits = triton.cdiv(H, h_split)
+        ss_rows = min(block_t, triton.next_power_of_2(T))
+        ss_w = min(triton.next_power_of_2(H), SS_TILE // ss_rows)
         part = torch.empty(h_splits, T, E, dtype=torch.float32, device=dev)
         wrap_triton(_routing_decode_kernel)[(triton.cdiv(E, block_e), triton.cdiv(T, block_t), h_splits)](
             x, norm_scale, gate_weight, gate_bias, t, logits, part, indices, weights, counts, offsets, gather_indx,
             scatter_indx, counters(dev, 1), T, H, E, eps, x.stride(0), t.stride(0), h_split, K=K,
             K_PAD=triton.next_power_of_2(K), E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_T=block_t,
-            BLOCK_E=block_e, BLOCK_H=block_h, H_SPLITS=h_splits, DOT_DTYPE=DOT_DTYPE,
+            BLOCK_E=block_e, BLOCK_H=block_h, SS_ROWS=ss_rows, SS_W=ss_w, SS_TRIPS=triton.cdiv(H, ss_w),
+            H_SPLITS=h_splits, DOT_DTYPE=DOT_DTYPE,
             num_warps=8 if E > 64 else 4)
     return t, logits, indices, weights, counts, offsets, gather_indx, scatter_indx
 

@@ -1,7 +1,8 @@
 """Compile a recorded launch for an NVIDIA target on the CPU and read its machine code.
 
     compile_launch(launch, constexprs, options, arch) -> Compiled: registers, spills, shared memory, warps,
-        the SASS, the tensor-core instruction kind and the main loop's instructions
+        the SASS, the tensor-core instruction kind, the main loop's instructions and the copies it keeps in
+        flight where it waits (copies_in_flight)
 
 Triton compiles all the way to a cubin without a GPU; the wheel ships `cuobjdump` (resources and SASS). The
 launch is specialised as Triton's launcher would (launch_plan.specialize). Must run without TRITON_INTERPRET
@@ -43,6 +44,11 @@ class Compiled:
     exit_path: int = 0        # the fewest instructions from the main loop's exit to an EXIT
 
     @property
+    def copies_in_flight(self) -> int | None:
+        """copies_in_flight of the main loop."""
+        return copies_in_flight(self.loop)
+
+    @property
     def mma(self) -> str:
         """The tensor-core instruction kind: wgmma (HGMMA), mma.sync (HMMA), or none."""
         ops = {op(i) for i in self.instructions}
@@ -52,6 +58,18 @@ class Compiled:
 
     def loop_mix(self, top: int = 12) -> list:
         return collections.Counter(op(i).split(".")[0] for i in self.loop).most_common(top)
+
+
+_WAIT_GROUP = re.compile(r"^(?:@!?U?P\w+\s+)?DEPBAR\.LE\s+SB0,\s*(0x[0-9a-f]+|\d+)")
+
+
+def copies_in_flight(loop: list) -> int | None:
+    """The fewest asynchronous copy groups (cp.async, LDGSTS) a loop leaves in flight where it waits for them
+    (cp.async.wait_group N is `DEPBAR.LE SB0, N`): 0 when it waits for every copy (one buffer: its loads and
+    its math take turns), N > 0 when later tiles' copies stay in flight (a software-pipelined loop); None
+    when it waits for none."""
+    counts = [int(m.group(1), 0) for m in map(_WAIT_GROUP.match, loop) if m]
+    return min(counts) if counts else None
 
 
 def op(instruction: str) -> str:

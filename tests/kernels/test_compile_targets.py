@@ -6,6 +6,9 @@ Triton's launcher applies to the recorded arguments (16-byte aligned pointers an
 marked tt.divisibility=16, integers equal to 1 made constants). A kernel added to the model joins by itself.
 - sm_90 (H100): every config, no register spills, shared memory within 227 KB, and the MoE expert GEMM's
   decode inner loop at most 0.10 warp-instructions per weight (the main loop's SASS x warps / weights per trip).
+- sm_90: the hot loops (MoE expert GEMM, decode and prefill attention) are software-pipelined: where the
+  loop waits for its copies (cp.async.wait_group N, DEPBAR.LE SB0, N) it leaves N > 0 groups in flight,
+  never waiting for all of them at its top as a one-buffer (num_stages=2) loop does.
 - sm_80, sm_86, sm_89 (A100, consumer Ampere and Ada): every kernel in its config with the most staged tile
   (num_stages x the product of its BLOCK sizes) compiles within the target's shared memory (163, 99, 99 KB).
 Compiled on the CPU in one subprocess with two workers (tests run the interpreter).
@@ -46,7 +49,8 @@ SCRIPT = textwrap.dedent('''
         for (_, launch, constexprs, options, per_weight), ck in zip(
                 mine, compile_all([job[1:4] for job in mine], arch, workers=2)):
             row = {"kernel": launch.name, "arch": arch, "config": {k: str(v) for k, v in constexprs.items()},
-                   "options": options, "spills": ck.spill_bytes, "shared": ck.shared, "registers": ck.registers}
+                   "options": options, "spills": ck.spill_bytes, "shared": ck.shared, "registers": ck.registers,
+                   "in_flight": ck.copies_in_flight}
             if per_weight:
                 row["loop_per_weight"] = len(ck.loop) * ck.num_warps / (constexprs["BLOCK_N"] * constexprs["BLOCK_K"])
             results.append(row)
@@ -82,6 +86,17 @@ def test_moe_decode_inner_loop_issue_rate(compiled):
     assert len(loops) >= 8  # mlp1 and mlp2, every decode tile, batch 1 (split-K) and 64
     slow = [r for r in loops if r["loop_per_weight"] > 0.10]
     assert not slow, f"MoE decode inner loop above 0.10 warp-instructions per weight: {slow}"
+
+
+HOT_LOOPS = ("_moe_gemm_kernel", "_decode_attention_kernel", "_attention_kernel")
+
+
+@pytest.mark.slow
+def test_hot_loops_keep_copies_in_flight(compiled):
+    rows = [r for r in compiled if r["arch"] == 90 and r["kernel"] in HOT_LOOPS]
+    assert {r["kernel"] for r in rows} == set(HOT_LOOPS)
+    serial = [r for r in rows if not r["in_flight"]]
+    assert not serial, f"main loops that wait for every copy at their top (one buffer): {serial}"
 
 
 @pytest.mark.slow

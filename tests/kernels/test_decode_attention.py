@@ -2,6 +2,7 @@
 windows, ring buffers, sinks, rows mapped to cache slots."""
 import pytest
 import torch
+import triton
 from helpers import assert_close
 
 from gpt_oss_triton.kernels.arrival import counters
@@ -107,3 +108,34 @@ def test_decode_attention_rejects_bad_inputs(device):
         decode_attention(**args, sm_scale=SM_SCALE, sliding_window=16)
     with pytest.raises(ValueError, match=r"k_cache must be \[>=1, L, 1, 64\]"):
         decode_attention(**{**args, "k_cache": args["k_cache"][..., :32]}, sm_scale=SM_SCALE)
+
+
+@pytest.mark.parametrize("window,cache_len,lengths", [(0, 40, [1, 9, 10, 16, 17, 35]), (32, 32, [31, 33, 52])])
+def test_decode_attention_many_short_splits(window, cache_len, lengths, device):
+    """Splits of fewer keys than a key block (as at batch 1 on an H100, 17 of a 128-key window), some of them
+    empty, on lengths either side of the key block, the split count and the window, with a merge of more than
+    one chunk of splits; fp32, so a 0.1% error in the merge shows."""
+    args, k_all, v_all = _case([n - 1 for n in lengths], 8, 1, cache_len, device, seed=3)
+    args = {k: v.float() if v.is_floating_point() else v for k, v in args.items()}
+    out = decode_attention(**args, sm_scale=SM_SCALE, sliding_window=window, num_splits=9)
+    _check(out, args, [k.float() for k in k_all], [v.float() for v in v_all], window)
+
+
+@pytest.mark.parametrize("window,cache_len", [(0, 1026), (0, 131072), (128, 128)])
+def test_decode_attention_fills_the_sms_at_batch_1(window, cache_len):
+    """gpt-oss's decode attention at batch 1 (8 KV heads, 64 query heads) on an H100's 132 SMs: every SM gets a
+    program, sliding layers included, and no config's key block is longer than a split needs."""
+    from gpt_oss_triton.kernels import launch_plan
+    from gpt_oss_triton.kernels.decode_attention import _decode_attention_kernel
+    meta = dict(device="meta")
+    q = torch.empty(1, 64, D, dtype=torch.bfloat16, **meta)
+    cache = torch.empty(1, cache_len, 8, D, dtype=torch.bfloat16, **meta)
+    with launch_plan.record(sms=132) as launches:
+        decode_attention(q, cache, cache, torch.empty(64, **meta), torch.empty(1, dtype=torch.int32, **meta),
+                         SM_SCALE, window)
+    (launch,) = [l for l in launches if getattr(l, "kernel", None) is not None]
+    assert launch.name == _decode_attention_kernel.fn.__name__
+    visible = window or cache_len
+    for constexprs, _, grid in launch.candidates():
+        assert grid[0] * grid[1] * grid[2] >= 132
+        assert constexprs["BLOCK_N"] <= max(16, triton.next_power_of_2(triton.cdiv(visible, grid[0])))

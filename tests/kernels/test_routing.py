@@ -128,6 +128,7 @@ def test_routing_many_tokens_gpu():
 @pytest.mark.parametrize("T, E, H, K", [
     (1, 32, 2880, 4),      # 20B at batch 1: 2 programs split the router
     (1, 8, 96, 4),         # a hidden size with a half K chunk (t's permuted padding)
+    (5, 32, 2880, 4),      # a few tokens: their sums of squares in 8 of the block's 16 rows, 3 tiles a row
     (17, 128, 64, 4),      # 120B's experts over 2 token blocks: 16 programs
     (64, 24, 128, 1),      # the largest decode batch, E not a power of two
 ])
