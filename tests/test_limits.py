@@ -179,6 +179,12 @@ def test_the_content_length_alone_refuses_one_byte_over():
 
 def test_logit_bias_ids_up_to_vocab_size_minus_one():
     config = SimpleNamespace(vocab_size=100, max_context=64)
+    check_request(config, 64, [0, 99], SamplingParams(max_new_tokens=62))  # prompt ids too; 64 tokens in all
+    for prompt, params in (([0, 100], SamplingParams(max_new_tokens=4)), ([-1], SamplingParams(max_new_tokens=4))):
+        with pytest.raises(ValueError, match=r"prompt holds token ids outside the vocabulary \[0, 100\)"):
+            check_request(config, 64, prompt, params)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64 tokens"):
+        check_request(config, 64, [0, 99], SamplingParams(max_new_tokens=63))
     for token in (0, 99):
         check_request(config, 64, [1, 2], SamplingParams(max_new_tokens=4, logit_bias={token: 5.0}))
     for token in (100, 101):
