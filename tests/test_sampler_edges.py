@@ -115,3 +115,18 @@ def test_the_gpu_launch_shape_draws_what_the_interpreters_does():
     expected = _launch(logits, t, seeds, draws, *launch_shape(logits.shape[1], interpreted=True))
     assert torch.equal(_gpu_launch(logits, t, seeds, draws), expected)
     assert len(set(expected.tolist())) == 4
+
+
+@pytest.mark.parametrize("interpreted", [True, False])
+def test_a_row_reads_only_its_own_logits(interpreted):
+    """Past a row's V logits lie the next row's (or a wider buffer's padding): a huge value there is never
+    drawn, greedy or sampled, at either launch shape."""
+    g = torch.Generator().manual_seed(2)
+    padded = torch.randn(4, 301, generator=g)
+    padded[:, 300] = 1e4  # beyond each row of the strided view
+    padded[1:, 0] = 1e4  # the first logit of rows 1..3: just past rows 0..2 of the contiguous one
+    t = torch.tensor([0.0, 1.0, 0.0, 1.0], device=DEVICE)
+    seeds = draws = torch.arange(4, device=DEVICE)
+    for logits in (padded[:, :300].to(DEVICE), padded[:, :300].contiguous().to(DEVICE)):
+        tokens = _launch(logits, t, seeds, draws, *launch_shape(300, interpreted))
+        assert (tokens < 300).all() and tokens[0] == logits[0].argmax() and tokens[2] == logits[2].argmax()
