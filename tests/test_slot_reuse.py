@@ -1,8 +1,10 @@
 """A request's tokens do not depend on what its engine slot held before: after every kind of request (logit
 bias, penalties, a constraint, logprobs, top-k, plain sampling, greedy), beside a batch mate that keeps a bias,
-penalties and a constraint the whole time, each request draws exactly what it draws alone on a fresh engine.
+penalties, filters and a constraint the whole time, each request draws exactly what it draws alone on a fresh engine.
 The model is a stand-in whose logits are a fixed random function of a row's whole context, so the bias rows,
 counts, draw counters, masks and cache rows that a slot must reset all show in the tokens."""
+from types import SimpleNamespace
+
 import torch
 
 from gpt_oss_triton.model.runtime.engine import Engine
@@ -16,8 +18,8 @@ class ContextModel:
     """logits(context) = 3 * randn(V) seeded by the context's ids: any stale state changes them."""
 
     def __init__(self):
-        self.config = type("Config", (), {"vocab_size": V, "max_context": 128})()
-        self.embedding = type("Embedding", (), {"weight": torch.zeros(1)})()
+        self.config = SimpleNamespace(vocab_size=V, max_context=128)
+        self.embedding = SimpleNamespace(weight=torch.zeros(1))
 
     def new_cache(self, batch: int, max_len: int):
         return _Seqs(batch)
