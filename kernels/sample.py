@@ -67,11 +67,16 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.
     R, V = logits.shape
     if R == 0 or V == 0:
         return torch.zeros(R, dtype=torch.int64, device=logits.device)
-    if interpreting():  # it pays per program and vectorises within one: many rows, whole rows, per program
+    return _launch(logits, temperature, seeds, draws, *launch_shape(V, interpreting()))
+
+
+def launch_shape(V: int, interpreted: bool) -> tuple[int, int, int]:
+    """(rows per program, split, block) for rows of V logits: on the GPU a row per program, split over programs;
+    the interpreter pays per program and vectorises within one, so there many whole rows per program."""
+    if interpreted:
         rows, split = 64, triton.next_power_of_2(V)
-        return _launch(logits, temperature, seeds, draws, rows, split, min(split, max(1, (1 << 17) // rows)))
-    return _launch(logits, temperature, seeds, draws, 1, min(8192, triton.next_power_of_2(V)),
-                   min(1024, triton.next_power_of_2(V)))
+        return rows, split, min(split, max(1, (1 << 17) // rows))
+    return 1, min(8192, triton.next_power_of_2(V)), min(1024, triton.next_power_of_2(V))
 
 
 def _launch(logits, temperature, seeds, draws, rows: int, split: int, block: int) -> torch.Tensor:
