@@ -222,3 +222,53 @@ def test_takes_the_blocks_transformers_builds_for_its_hub_kernels(checkpoint, ou
     other.model.layers[1].mlp.experts.down_proj_bias.data[0, 0] += 1  # a wrong bias is caught
     with pytest.raises(integration.UnsupportedModelError, match="layer 1's experts \\(down_proj\\) are not the model's"):
         integration.apply(other, checkpoint=checkpoint)
+
+
+@pytest.fixture
+def classes():
+    """transformers' gpt-oss classes patched by apply_to_classes for one test, restored after it."""
+    yield integration.apply_to_classes
+    integration.revert_classes()
+
+
+def _hf_classes() -> dict:
+    hf = transformers.models.gpt_oss.modeling_gpt_oss
+    return dict(norm=hf.GptOssRMSNorm, attn=hf.GptOssPreTrainedModel.__dict__.get("get_correct_attn_implementation"),
+                **{c.__name__: c.__dict__.get("from_pretrained") for c in (hf.GptOssForCausalLM, hf.GptOssModel)})
+
+
+def test_class_patch_builds_models_on_our_kernels(classes, checkpoint, our_logits):
+    """After apply_to_classes a plain from_pretrained builds our RMSNorm, selects our attention and swaps our MoE
+    in from the directory it loads: the same ops run as after apply, and the same logits."""
+    classes()
+    model = _load(checkpoint, device_map=DEVICE)
+    assert model.config._attn_implementation == "gpt_oss_triton"
+    assert all(type(layer.mlp.experts) is TritonGptOssExperts for layer in model.model.layers)
+    L = len(model.model.layers)
+    out = {}
+    assert _ops(lambda: out.update(logits=model(input_ids=PROMPT.to(DEVICE)).logits)) == dict(
+        rmsnorm=2 * L + 1, attention=L, decode_attention=0, routing=L, moe_mlp1=L, moe_mlp2=L)
+    assert torch.equal(out["logits"], our_logits)
+    explicit = _load(checkpoint, device_map=DEVICE, attn_implementation="eager")  # an explicit choice still wins
+    assert explicit.config._attn_implementation == "eager"
+
+
+def test_class_patch_twice_is_harmless_and_reverts(classes, checkpoint):
+    before = _hf_classes()
+    classes()
+    classes(moe=False)  # replaces the first patch: transformers' MoE, our RMSNorm and attention
+    model = _load(checkpoint)
+    assert type(model.model.layers[0].mlp.experts) is not TritonGptOssExperts
+    assert type(model.model.norm) is TritonGptOssRMSNorm and model.config._attn_implementation == "gpt_oss_triton"
+    integration.revert_classes()
+    assert _hf_classes() == before
+    model = _load(checkpoint)
+    assert type(model.model.norm) is not TritonGptOssRMSNorm and model.config._attn_implementation != "gpt_oss_triton"
+
+
+def test_class_patch_refuses_moe_without_a_local_checkpoint(classes, checkpoint):
+    classes()
+    with pytest.raises(integration.UnsupportedModelError, match="'openai/gpt-oss-20b' is not a local directory"):
+        transformers.GptOssForCausalLM.from_pretrained("openai/gpt-oss-20b")
+    with pytest.raises(integration.UnsupportedModelError, match="loaded from .*torch.float32.*apply_to_classes"):
+        _load(checkpoint, torch.float32)

@@ -4,7 +4,9 @@
     from gpt_oss_triton.model.integrations.transformers import apply
     apply(model, checkpoint="gpt-oss-20b")       # the directory the model was loaded from
 
-and keep the rest (`generate()`, its DynamicCache, pipelines). `apply` swaps, in place on the built model:
+and keep the rest (`generate()`, its DynamicCache, pipelines). Or, as `apply_liger_kernel_to_*` does, patch
+transformers' gpt-oss classes before the model is built: `apply_to_classes()` (undone by `revert_classes()`).
+`apply` swaps, in place on the built model:
 - moe: each layer's router and experts -> fused routing and the MXFP4 grouped GEMMs, reading the checkpoint's
   packed `*_blocks` / `*_scales` again from `checkpoint` (transformers' MXFP4 loading either dequantizes them to
   bf16, `Mxfp4Config(dequantize=True)`, or swizzles them into its hub kernels' layout, Mxfp4GptOssMLP); the
@@ -154,11 +156,10 @@ def _swap_moe(layers: list, config, checkpoint, device: torch.device) -> None:
 
 
 def _swap_rmsnorm(model: torch.nn.Module) -> None:
-    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRMSNorm
-
     from .hf_modules import TritonGptOssRMSNorm
+    original = TritonGptOssRMSNorm.__base__  # transformers' class, also while apply_to_classes has its name on ours
     for module in model.modules():
-        if type(module) is GptOssRMSNorm:
+        if type(module) is original:
             module.__class__ = TritonGptOssRMSNorm
 
 
@@ -191,3 +192,65 @@ def apply(model: torch.nn.Module, checkpoint=None, *, moe: bool = True, rmsnorm:
     if attention:
         model.set_attn_implementation(register_attention())
     return model
+
+
+_MISSING = object()
+_patched: list = []  # (owner, attribute, what it held before: _MISSING where it inherited it)
+
+
+def _patch(owner, name: str, value) -> None:
+    _patched.append((owner, name, owner.__dict__.get(name, _MISSING)))
+    setattr(owner, name, value)
+
+
+def revert_classes() -> None:
+    """Undo apply_to_classes: transformers' gpt-oss classes as they were (models built meanwhile keep ours)."""
+    while _patched:
+        owner, name, old = _patched.pop()
+        if old is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
+
+
+def apply_to_classes(*, moe: bool = True, rmsnorm: bool = True, attention: bool = True) -> None:
+    """Patch transformers' gpt-oss classes so models built afterwards get our kernels with no further call:
+    rmsnorm: every GptOssRMSNorm built is ours; attention: ours is registered and is gpt-oss models' default
+    (an explicit `attn_implementation=` still wins); moe: `GptOssForCausalLM.from_pretrained(dir)` and
+    `GptOssModel.from_pretrained(dir)` end with `apply(model, checkpoint=dir)`, the MoE kernels reading the packed
+    experts from that local directory. A model built from a config alone keeps transformers' MoE (no packed
+    weights to read) until `apply(model, checkpoint=...)`. Calling it again replaces the earlier patch."""
+    check_version()
+    from transformers.models.gpt_oss import modeling_gpt_oss as hf
+
+    from .hf_modules import TritonGptOssRMSNorm
+    revert_classes()
+    if rmsnorm:
+        _patch(hf, "GptOssRMSNorm", TritonGptOssRMSNorm)  # the name the decoder layers and the model build
+    if attention:
+        name = register_attention()
+        correct = hf.GptOssPreTrainedModel.get_correct_attn_implementation
+
+        def default_ours(self, requested_attention, is_init_check=False):
+            return correct(self, name if requested_attention is None else requested_attention, is_init_check)
+        _patch(hf.GptOssPreTrainedModel, "get_correct_attn_implementation", default_ours)
+    if moe:
+        for cls in (hf.GptOssForCausalLM, hf.GptOssModel):
+            _patch(cls, "from_pretrained", classmethod(_from_pretrained_with_moe(cls.from_pretrained.__func__)))
+
+
+def _from_pretrained_with_moe(load):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        path = os.fspath(pretrained_model_name_or_path)
+        how = "or call apply_to_classes(moe=False), then apply(model, checkpoint=<its directory>) on the model"
+        if not os.path.isdir(path):
+            raise UnsupportedModelError(
+                f"apply_to_classes(moe=True): {path!r} is not a local directory, and the MoE kernels read the "
+                f"checkpoint's packed experts from its files: load from a downloaded copy ({how})")
+        model = load(cls, path, *args, **kwargs)
+        try:
+            return apply(model, checkpoint=path, rmsnorm=False, attention=False)
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"apply_to_classes(moe=True), on the model loaded from {path}: {e} (load "
+                                        f"it on the GPU with device_map=..., {how})") from e
+    return from_pretrained
