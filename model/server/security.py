@@ -72,7 +72,7 @@ class RequestGuard:
         await self.app(scope, self._bounded(receive), send)
 
     def _refusal(self, scope) -> APIError | None:
-        head = len(scope.get("raw_path") or b"") + len(scope["query_string"]) + sum(
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + sum(
             len(k) + len(v) + 4 for k, v in scope["headers"])  # each as "name: value\r\n"
         if head > MAX_HEAD_BYTES:
             return APIError(431, f"the request's headers exceed this server's limit of {MAX_HEAD_BYTES} bytes",
