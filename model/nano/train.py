@@ -95,6 +95,7 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+@torch.enable_grad()  # whatever the caller's grad mode (a test module may have turned it off for the session)
 def train(out: Path, *, seed: int = 0, steps: int = 1000, batch: int = 16, lr: float = 3e-3, warmup: int = 100,
           save_every: int = 250, eval_every: int = 100, log_every: int = 10, resume: bool = False,
           config: GptOssConfig | None = None, vocab: int = 1024, tokenizer_samples: int = 3000,
